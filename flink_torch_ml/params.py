@@ -1,0 +1,231 @@
+"""Parameters in the style of FlinkML: typed ``Param`` constants, validators and ``WithParams``.
+
+The interface matches ``pyflink.ml.param`` (``set``/``get``/``get_param_map``/``get_param``),
+so our stages work with FlinkML code; values are stored as JSON, never as pickles.
+"""
+
+import json
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["Param", "ParamValidator", "ParamValidators", "WithParams", "IntParam", "FloatParam",
+           "BooleanParam", "StringParam", "StringArrayParam", "IntArrayParam", "ObjectParam"]
+
+
+class ParamValidator(Generic[T]):
+    """A predicate on a parameter value, with a human-readable description of what it expects."""
+
+    def __init__(self, check: Callable[[Any], bool], expects: str):
+        self._check = check
+        self.expects = expects
+
+    def validate(self, value: Any) -> bool:
+        try:
+            return bool(self._check(value))
+        except TypeError:
+            return False
+
+
+class ParamValidators:
+    """Factories for the common validators (the same names as FlinkML's)."""
+
+    @staticmethod
+    def always_true() -> ParamValidator:
+        return ParamValidator(lambda v: True, "any value")
+
+    @staticmethod
+    def not_null() -> ParamValidator:
+        return ParamValidator(lambda v: v is not None, "a value (not None)")
+
+    @staticmethod
+    def gt(bound: float) -> ParamValidator:
+        return ParamValidator(lambda v: v is not None and v > bound, f"a value > {bound}")
+
+    @staticmethod
+    def gt_eq(bound: float) -> ParamValidator:
+        return ParamValidator(lambda v: v is not None and v >= bound, f"a value >= {bound}")
+
+    @staticmethod
+    def in_range(low: float, high: float, low_inclusive: bool = True,
+                 high_inclusive: bool = True) -> ParamValidator:
+        def check(v):
+            return (v is not None and low <= v <= high and (low_inclusive or v != low)
+                    and (high_inclusive or v != high))
+        brackets = ("[" if low_inclusive else "(") + f"{low}, {high}" + (
+            "]" if high_inclusive else ")")
+        return ParamValidator(check, f"a value in {brackets}")
+
+    @staticmethod
+    def in_array(allowed: Sequence[Any]) -> ParamValidator:
+        return ParamValidator(lambda v: v in allowed, f"one of {list(allowed)}")
+
+    @staticmethod
+    def non_empty_array() -> ParamValidator:
+        return ParamValidator(lambda v: v is not None and len(v) > 0, "a non-empty list")
+
+    @staticmethod
+    def optional(inner: ParamValidator) -> ParamValidator:
+        return ParamValidator(lambda v: v is None or inner.validate(v), f"None or {inner.expects}")
+
+
+class Param(Generic[T]):
+    """A parameter definition: name, value type, description, default and validator."""
+
+    def __init__(self, name: str, type_: type, type_name: str, description: str,
+                 default_value: Optional[T], validator: Optional[ParamValidator] = None):
+        self.name = name
+        self.type = type_
+        self.type_name = type_name
+        self.description = description
+        self.default_value = default_value
+        self.validator = validator or ParamValidators.always_true()
+        if default_value is not None and not self.validator.validate(default_value):
+            raise ValueError(f"Parameter {name} has an invalid default {default_value!r}")
+
+    def convert(self, value: Any) -> Any:
+        """Normalize a user value (e.g. a list to a tuple); raise TypeError on a wrong type."""
+        if value is None or isinstance(value, self.type):
+            return value
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(f"Parameter {self.name} expects {self.type_name}, got "
+                        f"{type(value).__name__} {value!r}")
+
+    def json_encode(self, value: T) -> str:
+        return json.dumps(value)
+
+    def json_decode(self, text: str) -> T:
+        value = json.loads(text)
+        return tuple(value) if isinstance(value, list) else value
+
+    def __eq__(self, other):
+        return isinstance(other, Param) and self.name == other.name
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __repr__(self):
+        return f"Param({self.name!r})"
+
+    __str__ = lambda self: self.name  # noqa: E731  (FlinkML prints params by name)
+
+
+class BooleanParam(Param[bool]):
+    def __init__(self, name, description, default_value, validator=None):
+        super().__init__(name, bool, "bool", description, default_value, validator)
+
+
+class IntParam(Param[int]):
+    def __init__(self, name, description, default_value, validator=None):
+        super().__init__(name, int, "int", description, default_value, validator)
+
+    def convert(self, value):
+        if isinstance(value, bool):
+            raise TypeError(f"Parameter {self.name} expects int, got bool {value!r}")
+        return super().convert(value)
+
+
+class FloatParam(Param[float]):
+    def __init__(self, name, description, default_value, validator=None):
+        super().__init__(name, float, "float", description, default_value, validator)
+
+
+class StringParam(Param[str]):
+    def __init__(self, name, description, default_value, validator=None):
+        super().__init__(name, str, "str", description, default_value, validator)
+
+
+class _ArrayParam(Param[tuple]):
+    """A tuple of items of one type; a list is accepted and a lone item too if allowed."""
+
+    item_type: type = object
+    accept_scalar = False
+
+    def __init__(self, name, description, default_value, validator=None):
+        super().__init__(name, tuple, f"Tuple[{self.item_type.__name__}]", description,
+                         default_value, validator)
+
+    def convert(self, value):
+        if value is None:
+            return None
+        if isinstance(value, self.item_type) and self.accept_scalar:
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"Parameter {self.name} expects a list of "
+                            f"{self.item_type.__name__}, got {type(value).__name__} {value!r}")
+        for item in value:
+            if not isinstance(item, self.item_type) or isinstance(item, bool):
+                raise TypeError(f"Parameter {self.name} expects a list of "
+                                f"{self.item_type.__name__}, got item {item!r}")
+        return tuple(value)
+
+
+class StringArrayParam(_ArrayParam):
+    item_type = str
+    accept_scalar = True
+
+
+class IntArrayParam(_ArrayParam):
+    item_type = int
+
+
+class ObjectParam(Param[Any]):
+    """A Python object (a module, a callable); saved with cloudpickle, never as JSON."""
+
+    def __init__(self, name, description, default_value=None, validator=None):
+        super().__init__(name, object, "object", description, default_value, validator)
+
+    def json_encode(self, value):
+        raise TypeError(f"Parameter {self.name} holds a Python object and is not JSON-encodable")
+
+
+class WithParams:
+    """Mixin holding parameter values; params are the ``Param`` class attributes of a class."""
+
+    def _init_params(self, **values: Any) -> None:
+        self._param_map: Dict[Param, Any] = {p: p.default_value for p in self._declared_params()}
+        for name, value in values.items():
+            self.set(self._param_by_name(name), value)
+
+    @classmethod
+    def _declared_params(cls) -> List[Param]:
+        seen = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                if isinstance(value, Param):
+                    seen[value.name] = value
+        return list(seen.values())
+
+    def _param_by_name(self, name: str) -> Param:
+        param = self.get_param(name)
+        if param is None:
+            import difflib
+            names = [p.name for p in self._declared_params()]
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{type(self).__name__} has no parameter {name!r}.{hint} "
+                            f"Parameters: {', '.join(names)}")
+        return param
+
+    def get_param_map(self) -> Dict[Param, Any]:
+        if not hasattr(self, "_param_map"):
+            self._init_params()
+        return self._param_map
+
+    def get_param(self, name: str) -> Optional[Param]:
+        for param in self.get_param_map():
+            if param.name == name:
+                return param
+        return None
+
+    def set(self, param: Param, value: Any) -> "WithParams":
+        value = param.convert(value)
+        if not param.validator.validate(value):
+            raise ValueError(f"Parameter {param.name} is given an invalid value {value!r}; "
+                             f"expected {param.validator.expects}")
+        self.get_param_map()[param] = value
+        return self
+
+    def get(self, param: Param) -> Any:
+        return self.get_param_map().get(param, param.default_value)

@@ -1,0 +1,71 @@
+"""Run a serialized model (TorchScript or ONNX bytes) on numpy feature batches.
+
+A :class:`ModelRunner` is what travels to the Flink workers: it pickles as plain bytes and a few
+strings, loads the model once in :meth:`open`, and predicts on whole batches.
+"""
+
+import io
+import os
+import warnings
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["ModelRunner"]
+
+
+class ModelRunner:
+    """Loads model bytes of a given format once and runs batches through them."""
+
+    def __init__(self, model_format: str, model_bytes: bytes, input_names: Sequence[str],
+                 num_threads: int = 0):
+        self.model_format = model_format
+        self.model_bytes = model_bytes
+        self.input_names = list(input_names)
+        self.num_threads = num_threads
+        self._model = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_model"] = None  # never ship a loaded session
+        return state
+
+    def open(self, parallelism: Optional[int] = None) -> None:
+        """Load the model; threads default to cores / parallelism to avoid oversubscription."""
+        if self._model is not None:
+            return
+        threads = self.num_threads or max(1, (os.cpu_count() or 1) // max(1, parallelism or 1))
+        if self.model_format == "onnx":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self._model = ort.InferenceSession(self.model_bytes, sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        elif self.model_format == "torchscript":
+            import torch
+
+            torch.set_num_threads(threads)
+            self._model = torch.jit.load(io.BytesIO(self.model_bytes), map_location="cpu").eval()
+        else:
+            raise ValueError(f"Unknown model format {self.model_format!r}")
+
+    def predict(self, inputs: List[np.ndarray]) -> np.ndarray:
+        """Run one batch; each input is a ``[batch, width]`` array in ``input_names`` order."""
+        if self._model is None:
+            self.open()
+        if self.model_format == "onnx":
+            return self._model.run(None, dict(zip(self.input_names, inputs)))[0]
+        import torch
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Arrow hands us read-only buffers; the model only reads its inputs.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            out = self._model(*[torch.from_numpy(a) for a in inputs])
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"The model returned {type(out).__name__}; it must return one tensor")
+        return out.numpy()
+
+    def close(self) -> None:
+        self._model = None

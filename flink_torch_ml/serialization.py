@@ -1,0 +1,120 @@
+"""The on-disk model format: a directory holding ``metadata.json`` and one model file.
+
+Loading reads JSON and TorchScript/ONNX bytes only; nothing is ever unpickled. The model file's
+sha256 is recorded in the metadata and checked on load, so a truncated or swapped file is an
+error instead of silently different predictions.
+"""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from ._version import __version__
+from .errors import ChecksumMismatchError, ModelFormatError
+from .export import FORMATS
+from .spec import ModelSpec
+
+__all__ = ["METADATA_FILE", "METADATA_VERSION", "SavedModel", "write_model_dir",
+           "read_model_dir"]
+
+METADATA_FILE = "metadata.json"
+METADATA_VERSION = 1
+MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+@dataclass
+class SavedModel:
+    """The contents of a model directory."""
+
+    model_format: str
+    model_bytes: bytes
+    spec: ModelSpec
+    metadata: Dict[str, Any]
+
+
+def write_model_dir(path: str, model_format: str, model_bytes: bytes, spec: ModelSpec,
+                    extra: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> None:
+    """Write the model file and its metadata; refuse to overwrite an existing model."""
+    if model_format not in FORMATS:
+        raise ModelFormatError(f"Unknown model format {model_format!r}; use one of {FORMATS}")
+    metadata_path = os.path.join(path, METADATA_FILE)
+    if os.path.exists(metadata_path) and not overwrite:
+        raise FileExistsError(f"A model is already saved at {path!r}; choose another path or "
+                              f"pass overwrite=True")
+    os.makedirs(path, exist_ok=True)
+    file_name = MODEL_FILES[model_format]
+    with open(os.path.join(path, file_name), "wb") as f:
+        f.write(model_bytes)
+    import torch
+    metadata = {
+        "metadata_version": METADATA_VERSION,
+        "library": "flink-torch-ml",
+        "library_version": __version__,
+        "format": model_format,
+        "model_file": file_name,
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "torch_version": torch.__version__,
+        "onnx_version": _onnx_version() if model_format == "onnx" else None,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **spec.to_json(),
+        **(extra or {}),
+    }
+    with open(metadata_path, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+def read_model_dir(path: str) -> SavedModel:
+    """Read and verify a model directory written by :func:`write_model_dir`."""
+    metadata_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isdir(path):
+        raise ModelFormatError(f"No model directory at {path!r}")
+    if not os.path.isfile(metadata_path):
+        raise ModelFormatError(f"{metadata_path!r} is missing: {path!r} is not a saved "
+                               f"flink-torch-ml model")
+    try:
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        if not isinstance(metadata, dict):
+            raise ValueError("the top level is not a JSON object")
+    except ValueError as error:
+        raise ModelFormatError(f"{metadata_path!r} is corrupt (not valid JSON metadata): "
+                               f"{error}") from None
+    version = metadata.get("metadata_version")
+    if not isinstance(version, int):
+        raise ModelFormatError(f"{metadata_path!r} has no integer 'metadata_version'")
+    if version > METADATA_VERSION:
+        raise ModelFormatError(
+            f"{metadata_path!r} has metadata version {version}, newer than this "
+            f"flink-torch-ml {__version__} reads ({METADATA_VERSION}); upgrade flink-torch-ml")
+    model_format = metadata.get("format")
+    if model_format not in FORMATS:
+        raise ModelFormatError(f"{metadata_path!r} names unknown model format "
+                               f"{model_format!r}; known formats: {', '.join(FORMATS)}")
+    try:
+        spec = ModelSpec.from_json(metadata)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFormatError(f"{metadata_path!r} is corrupt: bad or missing field "
+                               f"{error}") from None
+    model_path = os.path.join(path, os.path.basename(str(metadata.get("model_file",
+                                                                      MODEL_FILES[model_format]))))
+    if not os.path.isfile(model_path):
+        raise ModelFormatError(f"Model file {model_path!r} named by the metadata is missing")
+    with open(model_path, "rb") as f:
+        model_bytes = f.read()
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if digest != metadata.get("sha256"):
+        raise ChecksumMismatchError(
+            f"Model file {model_path!r} has sha256 {digest}, but the metadata records "
+            f"{metadata.get('sha256')}: the file is corrupt or was replaced")
+    return SavedModel(model_format, model_bytes, spec, metadata)
+
+
+def _onnx_version() -> Optional[str]:
+    try:
+        import onnx
+        return onnx.__version__
+    except ImportError:
+        return None

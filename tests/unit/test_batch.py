@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from flink_torch_ml import DataType, InvalidDataError
+from flink_torch_ml.batch import feature_array, output_to_series
+from flink_torch_ml.spec import FeatureSpec, ModelSpec
+
+
+def scalar(name="x", dtype="float32", data_type=DataType.FLOAT_64):
+    return FeatureSpec(name, data_type, 1, dtype)
+
+
+def array(name="v", width=3):
+    return FeatureSpec(name, DataType.FLOAT_32_ARRAY, width, "float32")
+
+
+def test_scalar_column_becomes_contiguous_column_vector_of_model_dtype():
+    out = feature_array(pd.Series([1.0, 2.0, 3.0]), scalar())
+    assert out.shape == (3, 1) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0], [1, 2, 3])
+
+
+def test_int_column_to_int64_indices():
+    out = feature_array(pd.Series([1, 2], dtype="int32"), scalar("i", "int64", DataType.INT_32))
+    assert out.dtype == np.int64 and out.tolist() == [[1], [2]]
+
+
+def test_array_column_is_stacked():
+    series = pd.Series([np.array([1, 2, 3], np.float32), np.array([4, 5, 6], np.float32)])
+    out = feature_array(series, array())
+    assert out.shape == (2, 3) and out[1, 2] == 6
+
+
+@pytest.mark.parametrize("values", [[1.0, None, 3.0], [1.0, float("nan"), 3.0]])
+def test_null_or_nan_scalar_raises_naming_column(values):
+    with pytest.raises(InvalidDataError, match="Feature column 'x' holds NULL or NaN in 1 of 3"):
+        feature_array(pd.Series(values), scalar())
+
+
+def test_null_check_can_be_disabled_for_skip_mode():
+    assert feature_array(pd.Series([1.0, 2.0]), scalar(), check_invalid=False).shape == (2, 1)
+
+
+def test_null_array_and_wrong_length_array_raise():
+    with pytest.raises(InvalidDataError, match="'v' holds NULL in 1 of 2"):
+        feature_array(pd.Series([np.zeros(3), None]), array())
+    with pytest.raises(InvalidDataError, match="'v' holds an array of length 2 in 1 of 2 rows; "
+                                               "the model expects arrays of length 3"):
+        feature_array(pd.Series([np.zeros(3), np.zeros(2)]), array())
+    with pytest.raises(InvalidDataError, match="NaN array elements"):
+        feature_array(pd.Series([np.zeros(3), np.array([0, np.nan, 0])]), array())
+
+
+def test_lengths_that_sum_right_still_fail():
+    # [2, 4] elements sum to 2 * 3, a naive concatenate+reshape would silently mix rows
+    with pytest.raises(InvalidDataError, match="length"):
+        feature_array(pd.Series([np.zeros(2), np.zeros(4)]), array())
+
+
+def test_output_to_series_scalar_and_array():
+    spec = ModelSpec((scalar(),), "p", DataType.FLOAT_32, 1)
+    s = output_to_series(np.array([[1.5], [2.5]], np.float32), 2, spec)
+    assert s.tolist() == [1.5, 2.5]
+    spec = ModelSpec((scalar(),), "p", DataType.FLOAT_32_ARRAY, 2)
+    s = output_to_series(np.arange(4, dtype=np.float32).reshape(2, 2), 2, spec)
+    assert [list(v) for v in s] == [[0, 1], [2, 3]]
+    with pytest.raises(InvalidDataError, match="returned 2 values per row"):
+        output_to_series(np.zeros((2, 2), np.float32), 2, ModelSpec((), "p", DataType.FLOAT_32))
+    with pytest.raises(InvalidDataError, match="first dimension must be the batch"):
+        output_to_series(np.zeros((3,), np.float32), 2, ModelSpec((), "p", DataType.FLOAT_32))
