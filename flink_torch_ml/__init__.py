@@ -1,18 +1,35 @@
-"""flink-torch-ml: train PyTorch models inside Apache Flink jobs and score Flink tables with them."""
+"""flink-torch-ml: train PyTorch models inside Apache Flink jobs and score Flink tables with them.
 
+Importing the package makes PyFlink start Python workers as separate processes (its "process"
+mode) for environments created afterwards, unless ``_python_worker_execution_mode`` is already
+set: distributed PyTorch workers cannot share the client process (PyFlink's local default).
+"""
+
+import os as _os
+
+_os.environ.setdefault("_python_worker_execution_mode", "process")
+
+from . import pytorch_utils
 from ._version import __version__
+from .cluster_config import PyTorchClusterConfig
+from .context import PyTorchContext
 from .data_types import DataType
 from .environment import create_table_environment
 from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
                      ModelExportError, ModelFormatError, NotFittedError, SchemaError,
                      UnsupportedTypeError)
 from .model import PyTorchModel
+from .worker import WorkerError
 
 __all__ = [
     "__version__",
     "DataType",
     "PyTorchModel",
     "create_table_environment",
+    "pytorch_utils",
+    "PyTorchClusterConfig",
+    "PyTorchContext",
+    "WorkerError",
     "FlinkTorchMLError",
     "SchemaError",
     "UnsupportedTypeError",

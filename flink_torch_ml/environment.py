@@ -7,22 +7,28 @@ parallelism should be explicit (the adaptive batch scheduler may otherwise lower
 import sys
 from typing import Dict, Optional
 
-from pyflink.table import EnvironmentSettings, TableEnvironment
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
 __all__ = ["create_table_environment"]
 
 
 def create_table_environment(mode: str = "batch", parallelism: int = 2,
-                             config: Optional[Dict[str, str]] = None) -> TableEnvironment:
-    """A batch or streaming TableEnvironment on Flink's embedded mini-cluster (or the cluster
-    the job is submitted to), with ``python.executable`` set to this interpreter."""
+                             config: Optional[Dict[str, str]] = None) -> StreamTableEnvironment:
+    """A batch or streaming StreamTableEnvironment on Flink's embedded mini-cluster (or the
+    cluster the job is submitted to), with ``python.executable`` set to this interpreter.
+    Distributed training (``pytorch_utils``, the estimator) needs ``mode="streaming"``."""
     if mode not in ("batch", "streaming"):
         raise ValueError(f"mode must be 'batch' or 'streaming', got {mode!r}")
     if not isinstance(parallelism, int) or parallelism < 1:
         raise ValueError(f"parallelism must be a positive int, got {parallelism!r}")
     settings = (EnvironmentSettings.in_batch_mode() if mode == "batch"
                 else EnvironmentSettings.in_streaming_mode())
-    t_env = TableEnvironment.create(settings)
+    base = Configuration()
+    base.set_string("parallelism.default", str(parallelism))
+    env = StreamExecutionEnvironment.get_execution_environment(base)
+    t_env = StreamTableEnvironment.create(env, environment_settings=settings)
     conf = t_env.get_config()
     conf.set("parallelism.default", str(parallelism))
     conf.set("python.executable", sys.executable)

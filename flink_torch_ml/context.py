@@ -1,0 +1,94 @@
+"""PyTorchContext: what a node entry function knows about its place in the PyTorch cluster.
+
+The runtime calls ``entry(context)`` in every worker; ``PyTorchContext(context)`` (as in
+DL-on-Flink) gives the rank, world size, rank 0's address and port for ``env://`` init, the
+properties, the worker's shard as a torch Dataset, and a writer back to Flink.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .data_types import DataType
+from .rendezvous import master_endpoint
+from .shard import DataWriter, FlinkDataset, ShardBuffer
+
+__all__ = ["NodeContext", "PyTorchContext"]
+
+
+@dataclass
+class NodeContext:
+    """Everything the runtime hands to one worker (built inside the Flink worker)."""
+
+    rank: int
+    world_size: int
+    index: int  # the Flink subtask index running this node
+    properties: Dict[str, str]
+    input_types: List[DataType]
+    buffer: ShardBuffer
+    epochs: int = 1
+    store: object = None  # the run's PrefixStore
+    store_host: str = "127.0.0.1"
+    timeout: float = 180.0
+    writer: Optional[DataWriter] = None
+    _master: Optional[Tuple[str, int]] = field(default=None, repr=False)
+
+
+class PyTorchContext:
+    """The DL-on-Flink context API over a :class:`NodeContext`."""
+
+    def __init__(self, context):
+        if isinstance(context, PyTorchContext):
+            context = context._context
+        if not isinstance(context, NodeContext):
+            raise TypeError(f"PyTorchContext wraps the context passed to the node entry, got "
+                            f"{type(context).__name__}")
+        self._context = context
+
+    def get_rank(self) -> int:
+        return self._context.rank
+
+    def get_world_size(self) -> int:
+        return self._context.world_size
+
+    def get_index(self) -> int:
+        """The index of the Flink subtask running this node (equal to the rank)."""
+        return self._context.index
+
+    def get_property(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        return self._context.properties.get(key, default)
+
+    def get_properties(self) -> Dict[str, str]:
+        return dict(self._context.properties)
+
+    def get_timeout(self) -> float:
+        """Seconds any distributed wait may take in this run."""
+        return self._context.timeout
+
+    def _master(self) -> Tuple[str, int]:
+        ctx = self._context
+        if ctx._master is None:
+            if ctx.store is None:
+                ctx._master = ("127.0.0.1", 29500)
+            else:
+                ctx._master = master_endpoint(ctx.store, ctx.rank, ctx.timeout, ctx.store_host)
+        return ctx._master
+
+    def get_master_ip(self) -> str:
+        """Rank 0's address, reachable from every worker (for ``MASTER_ADDR``)."""
+        return self._master()[0]
+
+    def get_master_port(self) -> int:
+        """A port that was free on rank 0's host (for ``MASTER_PORT``)."""
+        return self._master()[1]
+
+    def get_dataset_from_flink(self) -> FlinkDataset:
+        """This worker's shard as a torch IterableDataset (the table ``epoch`` times over)."""
+        ctx = self._context
+        return FlinkDataset(ctx.buffer, ctx.input_types, ctx.epochs)
+
+    def get_data_writer_to_flink(self) -> DataWriter:
+        """A writer whose rows become the output table of ``pytorch_utils.inference``."""
+        if self._context.writer is None:
+            raise RuntimeError("No output here: get_data_writer_to_flink() is available in "
+                               "pytorch_utils.inference jobs (set 'output_types')")
+        return self._context.writer

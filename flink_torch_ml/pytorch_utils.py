@@ -1,0 +1,195 @@
+"""The low-level API of DL-on-Flink: run a user's node entry on W PyTorch workers inside Flink.
+
+``train(statement_set, config, table, epoch)`` adds the training job to a StatementSet (or runs
+it at once without one); ``inference(statement_set, table, config, output_schema)`` returns
+the table of rows the workers write. See ``PyTorchContext`` for what an entry function gets.
+"""
+
+import contextlib
+import os
+import pickle
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from pyflink.table import DataTypes, Schema, StatementSet, Table, TableDescriptor
+from pyflink.table.expressions import col
+
+from .cluster_config import PyTorchClusterConfig
+from .data_types import DataType
+from .errors import SchemaError
+from .flink_job import (_is_local, check_environment, check_input_types, explode_rows_udtf,
+                        node_results_table, shard_keys)
+from .rendezvous import RendezvousServer
+from .worker import JobSpec, WorkerError
+
+__all__ = ["train", "inference"]
+
+# Rendezvous servers of submitted or pending runs: they must outlive the call that created
+# them, until the job that uses them has run (a StatementSet executes later).
+_SERVERS: List[RendezvousServer] = []
+
+
+def train(statement_set: Optional[StatementSet], config: PyTorchClusterConfig, table: Table,
+          epoch: int = 1) -> Optional[List[Dict[str, Any]]]:
+    """Run ``config``'s node entry on ``world_size`` workers, each reading a disjoint shard of
+    ``table`` (``epoch`` times over).
+
+    With a StatementSet the job is added to it and runs at ``statement_set.execute()``;
+    with ``statement_set=None`` it runs now and one summary per rank is returned
+    (``rank``, ``rows``, ``pid``, ``seconds``). A failing worker raises ``WorkerError`` naming
+    the rank, with its traceback.
+    """
+    run = _Run(table, config, epoch, output_types=None)
+    if statement_set is not None:
+        _check_statement_set(statement_set)
+        sink = (TableDescriptor.for_connector("blackhole")
+                .schema(Schema.new_builder().column("shard", DataTypes.INT())
+                        .column("node_result", DataTypes.BYTES()).build()).build())
+        statement_set.add_insert(sink, run.results)
+        return None
+    return run.collect()
+
+
+def inference(statement_set: Optional[StatementSet], table: Table,
+              config: PyTorchClusterConfig,
+              output_schema: Union[Schema, Sequence[str], None] = None) -> Table:
+    """A table of the rows the workers write with ``get_data_writer_to_flink().write(row)``.
+
+    ``output_types`` (a config property) gives the column types; ``output_schema`` the column
+    names (a ``Schema`` or a list of names; default ``f0, f1, ...``). The job runs when the
+    returned table is executed or inserted (e.g. through ``statement_set``)."""
+    if statement_set is not None:
+        _check_statement_set(statement_set)
+    output_types = config.get_output_types()
+    if output_types is None:
+        raise SchemaError("inference needs the 'output_types' property, e.g. "
+                          "set_property('output_types', 'FLOAT_32,FLOAT_32')")
+    names = _output_names(output_schema, len(output_types))
+    run = _Run(table, config, 1, output_types=output_types)
+    explode = explode_rows_udtf(output_types)
+    return run.results.join_lateral(explode(col("node_result")).alias(*names)).select(
+        *[col(n) for n in names])
+
+
+class _Run:
+    """Validates a run, starts its rendezvous and builds its job (no execution)."""
+
+    def __init__(self, table: Table, config: PyTorchClusterConfig, epochs: int,
+                 output_types: Optional[List[DataType]]):
+        if not isinstance(config, PyTorchClusterConfig):
+            raise TypeError(f"config must be a PyTorchClusterConfig (use "
+                            f"PyTorchClusterConfig.new_builder()...build()), got "
+                            f"{type(config).__name__}")
+        if not isinstance(table, Table):
+            raise TypeError(f"table must be a pyflink Table, got {type(table).__name__}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epoch must be a positive int, got {epochs!r}")
+        t_env = table._t_env
+        world_size = config.get_world_size()
+        names, types = check_input_types(table, config.get_input_types())
+        self._previous_parallelism = t_env.get_config().get("parallelism.default", None)
+        check_environment(t_env, world_size, config.get_timeout())
+        host = config.get_property(PyTorchClusterConfig.RENDEZVOUS_HOST) or _default_host(t_env)
+        self.server = RendezvousServer(host, config.get_property(
+            PyTorchClusterConfig.RENDEZVOUS_BIND), config.get_timeout(), world_size)
+        _SERVERS.append(self.server)
+        keys = shard_keys(world_size)
+        self._t_env = t_env
+        self.spec = JobSpec(
+            entry=config.get_node_entry(), world_size=world_size,
+            properties=config.get_properties(), input_names=names,
+            input_types=[t.type_name for t in types],
+            output_types=[t.type_name for t in output_types] if output_types else None,
+            epochs=epochs, rendezvous=self.server.info(), client_pid=os.getpid(),
+            key_to_rank={k: r for r, k in enumerate(keys)})
+        with _shipped_by_value(config.get_node_entry()):
+            self.results = node_results_table(t_env, table, self.spec, keys)
+
+    def collect(self) -> List[Dict[str, Any]]:
+        """Execute now; one summary per rank, or the first worker's error."""
+        try:
+            with self.results.execute().collect() as rows:
+                results = [pickle.loads(row[1]) for row in rows]
+        except Exception as error:
+            raise self.worker_error(error) from error
+        finally:
+            if self.server in _SERVERS:
+                _SERVERS.remove(self.server)
+            if self._previous_parallelism is not None:  # ran now: leave the env as it was
+                self._t_env.get_config().set("parallelism.default", self._previous_parallelism)
+        results.sort(key=lambda r: r["rank"])
+        if [r["rank"] for r in results] != list(range(self.spec.world_size)):
+            raise WorkerError(f"Expected one result per rank 0..{self.spec.world_size - 1}, "
+                              f"got ranks {[r['rank'] for r in results]}")
+        for r in results:
+            r.pop("output", None)
+        return results
+
+    def worker_error(self, error: Exception) -> Exception:
+        """The first error a worker recorded, or the job's own error if none did."""
+        store = self.server.store()
+        for attempt in range(4):
+            key = f"a{attempt}/first_error"
+            if store.check([key]):
+                rank = int(store.get(key).decode())
+                text = store.get(f"a{attempt}/error/{rank}").decode()
+                return WorkerError(f"PyTorch worker rank {rank} of {self.spec.world_size} "
+                                   f"failed: {text}")
+        message = str(error)
+        if "NoResourceAvailableException" in message:
+            return WorkerError(
+                f"Flink could not give the job {self.spec.world_size} task slots at once "
+                f"(NoResourceAvailableException): the {self.spec.world_size} PyTorch workers "
+                f"must run at the same time; free at least {self.spec.world_size} slots or "
+                f"lower world_size")
+        for marker in ("WorkerError: ", "TimeoutError: "):
+            if marker in message:
+                tail = message.split(marker, 1)[1].split("\n\tat ", 1)[0]
+                return WorkerError(tail.strip())
+        return error
+
+
+@contextlib.contextmanager
+def _shipped_by_value(function):
+    """Pickle the entry's own module by value while the job is built, so entry functions and
+    model classes defined in the user's modules (not only ``__main__``) reach the workers
+    without being installed there. Installed packages are still pickled by reference."""
+    import cloudpickle
+
+    module = sys.modules.get(getattr(function, "__module__", ""), None)
+    path = getattr(module, "__file__", None) or ""
+    if module is None or module.__name__ == "__main__" or "site-packages" in path \
+            or "dist-packages" in path:
+        yield
+        return
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def _check_statement_set(statement_set) -> None:
+    if not isinstance(statement_set, StatementSet):
+        raise TypeError(f"statement_set must be a pyflink StatementSet (or None to run now), "
+                        f"got {type(statement_set).__name__}")
+
+
+def _output_names(schema, count: int) -> List[str]:
+    if schema is None:
+        return [f"f{i}" for i in range(count)]
+    if isinstance(schema, Schema):
+        names = [str(c.getName()) for c in schema._j_schema.getColumns()]
+    else:
+        names = list(schema)
+    if len(names) != count or not all(isinstance(n, str) for n in names):
+        raise SchemaError(f"output_schema names {len(names)} columns {names} but output_types "
+                          f"has {count} types")
+    return names
+
+
+def _default_host(t_env) -> str:
+    """127.0.0.1 on Flink's embedded mini-cluster, else this host's address."""
+    import socket
+
+    return "127.0.0.1" if _is_local(t_env) else socket.gethostbyname(socket.getfqdn())

@@ -1,0 +1,229 @@
+"""What runs inside one Flink Python worker for one PyTorch node: placement checks, rendezvous,
+the user's entry function, error reporting and the final barrier.
+
+Free of Flink imports: the Flink operator hands it the rank, subtask index and columns.
+"""
+
+import contextlib
+import datetime
+import os
+import pickle
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from .context import NodeContext
+from .data_types import DataType
+from .errors import FlinkTorchMLError, InvalidDataError
+from .rendezvous import RendezvousInfo, connect, wait_get
+from .shard import DataWriter, ShardBuffer, balance_plan
+
+__all__ = ["JobSpec", "WorkerError", "run_node", "columns_from_pandas"]
+
+#: seconds a failing rank waits for a peer's earlier error, to report the root cause
+PEER_ERROR_GRACE = 3.0
+
+
+class WorkerError(FlinkTorchMLError, RuntimeError):
+    """A PyTorch worker failed; the message names the rank and carries its traceback."""
+
+
+@dataclass
+class JobSpec:
+    """Everything a worker needs, shipped inside the Flink job."""
+
+    entry: Callable
+    world_size: int
+    properties: Dict[str, str]
+    input_names: List[str]
+    input_types: List[str]
+    output_types: Optional[List[str]]
+    epochs: int
+    rendezvous: RendezvousInfo
+    client_pid: int
+    key_to_rank: Dict[int, int]
+
+    @property
+    def timeout(self) -> float:
+        return self.rendezvous.timeout
+
+
+def columns_from_pandas(series: List[pd.Series], names: List[str],
+                        types: List[DataType]) -> List[np.ndarray]:
+    """Input columns as numpy: ``[rows]`` scalars, ``[rows, n]`` equal-length arrays (or an
+    object array of 1-d arrays when lengths differ). NULLs raise, naming the column."""
+    columns = []
+    for s, name, data_type in zip(series, names, types):
+        nulls = s.isna().to_numpy() if not data_type.is_array else np.fromiter(
+            (v is None for v in s), bool, len(s))
+        if data_type.is_numeric and nulls.any():
+            raise InvalidDataError(f"Input column {name!r} holds NULL in {int(nulls.sum())} of "
+                                   f"{len(s)} rows; {data_type.type_name} needs a value")
+        if data_type is DataType.STRING:
+            columns.append(s.to_numpy(dtype=object))
+        elif data_type.is_array:
+            values = [np.asarray(v, dtype=data_type.numpy_dtype) for v in s]
+            lengths = {len(v) for v in values}
+            if len(lengths) <= 1:
+                width = lengths.pop() if lengths else 0
+                columns.append(np.stack(values) if values else
+                               np.empty((0, width), data_type.numpy_dtype))
+            else:
+                ragged = np.empty(len(values), dtype=object)
+                ragged[:] = values
+                columns.append(ragged)
+        else:
+            columns.append(s.to_numpy(dtype=data_type.numpy_dtype))
+    return columns
+
+
+@contextlib.contextmanager
+def default_process_group_timeout(seconds: float):
+    """Make ``dist.init_process_group`` calls without a timeout use ours, not torch's 30 min."""
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = datetime.timedelta(seconds=seconds)
+        return original(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        dist.init_process_group = original
+        if dist.is_initialized():  # the entry forgot destroy_process_group()
+            dist.destroy_process_group()
+
+
+class _Run:
+    """The store keys of one attempt of one run."""
+
+    def __init__(self, store, attempt: int, world_size: int, timeout: float):
+        self.store, self.attempt, self.world_size, self.timeout = store, attempt, world_size, timeout
+
+    def key(self, name: str) -> str:
+        return f"a{self.attempt}/{name}"
+
+    def claim(self, rank: int, subtask: int) -> None:
+        pid = os.getpid()
+        if self.store.add(self.key(f"claim/{rank}"), 1) != 1:
+            raise WorkerError(f"Rank {rank} started twice (second time in subtask {subtask}, "
+                              f"pid {pid}): the shards are not placed one per subtask")
+        self.store.set(self.key(f"pid/{rank}"), f"{os.uname().nodename}:{pid}")
+        claims = [self.key(f"claim/{r}") for r in range(self.world_size)]
+        try:
+            self.store.wait(claims, datetime.timedelta(seconds=self.timeout))
+        except Exception:
+            missing = [r for r, k in enumerate(claims) if not self.store.check([k])]
+            raise TimeoutError(
+                f"Rank {rank} waited {self.timeout:.0f} s for rank(s) {missing} to start. "
+                f"Usual causes: fewer free task slots than world_size={self.world_size} (the "
+                f"ranks must run at the same time), or a worker that died at start-up") from None
+        pids = [self.store.get(self.key(f"pid/{r}")).decode() for r in range(self.world_size)]
+        if len(set(pids)) != len(pids):
+            raise WorkerError(f"Ranks share a Python process ({pids}): each rank must run in "
+                              f"its own process")
+
+    def rebalance(self, rank: int, columns: List[np.ndarray]) -> List[np.ndarray]:
+        """Move rows between ranks (through the store) until shard sizes differ by at most
+        one: DDP needs the same number of batches on every rank. Every row stays on exactly
+        one rank."""
+        rows = len(columns[0]) if columns else 0
+        self.store.set(self.key(f"count/{rank}"), str(rows))
+        counts = [int(wait_get(self.store, self.key(f"count/{r}"), self.timeout,
+                               f"rank {r}'s row count")) for r in range(self.world_size)]
+        moves = balance_plan(counts)
+        keep = rows
+        for source, target, count in moves:
+            if source == rank:
+                part = [c[keep - count:keep] for c in columns]
+                keep -= count
+                self.store.set(self.key(f"move/{source}/{target}"), pickle.dumps(part))
+        columns = [c[:keep] for c in columns]
+        for source, target, count in moves:
+            if target == rank:
+                part = pickle.loads(wait_get(self.store, self.key(f"move/{source}/{target}"),
+                                             self.timeout, f"{count} rows from rank {source}"))
+                columns = [np.concatenate([c, p]) for c, p in zip(columns, part)]
+        return columns
+
+    def peer_error(self, rank: int, wait: float) -> Optional[str]:
+        """Another rank's recorded error, waiting up to ``wait`` s for one to appear."""
+        deadline = time.monotonic() + wait
+        while True:
+            for r in range(self.world_size):
+                if r != rank and self.store.check([self.key(f"error/{r}")]):
+                    return f"rank {r}: " + self.store.get(self.key(f"error/{r}")).decode()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def fail(self, rank: int, text: str) -> None:
+        self.store.set(self.key(f"error/{rank}"), text)
+        self.store.compare_set(self.key("first_error"), "", str(rank))
+
+    def barrier(self, rank: int) -> None:
+        """Wait (bounded) until every rank's entry returned; fail fast if a peer failed."""
+        self.store.add(self.key("done"), 1)
+        deadline = time.monotonic() + self.timeout
+        while self.store.add(self.key("done"), 0) < self.world_size:
+            error = self.peer_error(rank, 0)
+            if error:
+                raise WorkerError(f"Rank {rank} finished, but {error}")
+            if time.monotonic() > deadline:
+                done = self.store.add(self.key("done"), 0)
+                raise TimeoutError(
+                    f"Rank {rank} finished, but only {done} of {self.world_size} ranks finished "
+                    f"within {self.timeout:.0f} s after it: a worker hangs or died")
+            time.sleep(0.05)
+
+
+def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
+             columns: List[np.ndarray]) -> Dict:
+    """Run the entry for ``rank`` over its shard; return what the client collects."""
+    pid = os.getpid()
+    if pid == spec.client_pid:
+        raise WorkerError(
+            "The PyTorch worker runs inside the client process (PyFlink's loopback mode): "
+            "import flink_torch_ml before creating the TableEnvironment, or set "
+            "os.environ['_python_worker_execution_mode'] = 'process' first")
+    if subtask != rank:
+        raise WorkerError(f"Rank {rank} landed on Flink subtask {subtask}: the shard keys do not "
+                          f"match this job's parallelism; set parallelism.default to the "
+                          f"world size ({spec.world_size}) and pin pipeline.max-parallelism")
+    run = _Run(connect(spec.rendezvous), attempt, spec.world_size, spec.timeout)
+    run.claim(rank, subtask)
+    columns = run.rebalance(rank, columns)
+    input_types = [DataType.from_name(t) for t in spec.input_types]
+    buffer = ShardBuffer(spec.timeout)
+    buffer.add(columns)
+    buffer.finish()
+    writer = (DataWriter([DataType.from_name(t) for t in spec.output_types], rank)
+              if spec.output_types is not None else None)
+    context = NodeContext(rank, spec.world_size, subtask, dict(spec.properties), input_types,
+                          buffer, spec.epochs, run.store, spec.rendezvous.host, spec.timeout,
+                          writer)
+    started = time.time()
+    try:
+        with default_process_group_timeout(spec.timeout):
+            spec.entry(context)
+    except BaseException as error:
+        text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
+        run.fail(rank, text)
+        earlier = run.peer_error(rank, PEER_ERROR_GRACE)
+        if earlier:
+            raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed after "
+                              f"{earlier}\n--- rank {rank}'s own error: {text}") from error
+        raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed: "
+                          f"{text}") from error
+    run.barrier(rank)
+    return {"rank": rank, "subtask": subtask, "pid": pid, "rows": buffer.rows,
+            "seconds": time.time() - started,
+            "output": writer.rows if writer is not None else None}
