@@ -119,7 +119,11 @@ def sharded_view(t_env, table: Table, names: List[str], types: List[DataType],
     nulls = ", ".join(f"CAST(NULL AS {_sql_type(t)}) AS {_quote(n)}" for n, t in zip(names, types))
     # RAND_INTEGER keeps the key non-constant even for W = 1 (a constant key is folded away
     # by the planner and the Python window aggregate cannot be planned).
-    key_expr = f"CAST(ARRAY[{', '.join(map(str, keys))}][RAND_INTEGER({world_size}) + 1] AS INT)"
+    if world_size == 1:
+        key_expr = f"CAST({keys[0]} + RAND_INTEGER(1) AS INT)"
+    else:
+        cases = " ".join(f"WHEN {r} THEN {k}" for r, k in enumerate(keys[:-1]))
+        key_expr = f"CASE RAND_INTEGER({world_size}) {cases} ELSE {keys[-1]} END"
     union = t_env.sql_query(
         f"SELECT {cols}, {key_expr} AS {SHARD}, FALSE AS {PAD} FROM {source} "
         f"UNION ALL SELECT {nulls}, CAST(k AS INT) AS {SHARD}, TRUE AS {PAD} "
@@ -152,6 +156,8 @@ class NodeFunction(AggregateFunction):
         return []
 
     def accumulate(self, accumulator, shard: pd.Series, pad: pd.Series, *series: pd.Series):
+        import time
+        received = time.time()
         spec = self._spec
         keys = shard.unique()
         if len(keys) != 1:
@@ -161,7 +167,9 @@ class NodeFunction(AggregateFunction):
         series = [s[data].reset_index(drop=True) for s in series]
         types = [DataType.from_name(t) for t in spec.input_types]
         columns = columns_from_pandas(series, spec.input_names, types)
+        converted = time.time()
         result = run_node(spec, rank, self._subtask, self._attempt, columns)
+        result.update(received_at=received, converted_at=converted)
         accumulator.append(pickle.dumps(result))
 
     def get_value(self, accumulator):

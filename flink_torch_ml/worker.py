@@ -211,19 +211,24 @@ def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
                           buffer, spec.epochs, run.store, spec.rendezvous.host, spec.timeout,
                           writer)
     started = time.time()
-    try:
-        with default_process_group_timeout(spec.timeout):
+    with default_process_group_timeout(spec.timeout):  # tears the process group down last
+        try:
             spec.entry(context)
-    except BaseException as error:
-        text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
-        run.fail(rank, text)
-        earlier = run.peer_error(rank, PEER_ERROR_GRACE)
-        if earlier:
-            raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed after "
-                              f"{earlier}\n--- rank {rank}'s own error: {text}") from error
-        raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed: "
-                          f"{text}") from error
+        except BaseException as error:
+            # Record the error while this rank's process group is still up: peers blocked in
+            # a collective only notice the failure once it goes down, so the root cause is
+            # always recorded first.
+            text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
+            run.fail(rank, text)
+            earlier = run.peer_error(rank, PEER_ERROR_GRACE)
+            if earlier:
+                raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed "
+                                  f"after {earlier}\n--- rank {rank}'s own error: {text}"
+                                  ) from error
+            raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed: "
+                              f"{text}") from error
     run.barrier(rank)
     return {"rank": rank, "subtask": subtask, "pid": pid, "rows": buffer.rows,
+            "started_at": started, "finished_at": time.time(),
             "seconds": time.time() - started,
             "output": writer.rows if writer is not None else None}
