@@ -208,6 +208,8 @@ def main() -> None:
     print(f"# {args.rows:,} rows x 16 FLOAT, parallelism {args.parallelism}, {args.mode} mode, "
           f"arrow batch {args.batch_size}, {os.cpu_count()} cores; rows/s, start-up excluded")
 
+    run_job(t_env, min(args.rows, 200_000),  # warm-up: JVM JIT, Python worker imports
+            lambda t, d: t.select(identity_udf(d)(*cols).alias("y")))
     floor = run_job(t_env, args.rows,
                     lambda t, d: t.select(identity_udf(d)(*cols).alias("y")))
     print(f"{'identity pandas UDF (Flink floor)':46s} {floor:>12,.0f}")
