@@ -15,6 +15,7 @@ from .cluster_config import PyTorchClusterConfig
 from .context import PyTorchContext
 from .data_types import DataType
 from .environment import create_table_environment
+from .estimator import PyTorchEstimator
 from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
                      ModelExportError, ModelFormatError, NotFittedError, SchemaError,
                      UnsupportedTypeError)
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "DataType",
     "PyTorchModel",
+    "PyTorchEstimator",
     "create_table_environment",
     "pytorch_utils",
     "PyTorchClusterConfig",

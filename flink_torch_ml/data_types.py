@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 from pyflink.table import DataTypes
-from pyflink.table.types import (ArrayType, BigIntType, DataType as FlinkDataType, DoubleType,
-                                 FloatType, IntType, VarCharType)
+from pyflink.table.types import (ArrayType, BigIntType, BooleanType, DataType as FlinkDataType,
+                                 DoubleType, FloatType, IntType, VarCharType)
 
 from .errors import UnsupportedTypeError
 
@@ -27,6 +27,7 @@ class DataType(enum.Enum):
     INT_32 = ("INT_32", False, torch.int32, np.int32)
     INT_64 = ("INT_64", False, torch.int64, np.int64)
     STRING = ("STRING", False, None, np.object_)
+    BOOLEAN = ("BOOLEAN", False, torch.bool, np.bool_)
     FLOAT_32_ARRAY = ("FLOAT_32_ARRAY", True, torch.float32, np.float32)
     FLOAT_64_ARRAY = ("FLOAT_64_ARRAY", True, torch.float64, np.float64)
 
@@ -42,7 +43,7 @@ class DataType(enum.Enum):
 
     @property
     def is_numeric(self) -> bool:
-        return self is not DataType.STRING
+        return self not in (DataType.STRING, DataType.BOOLEAN)
 
     def to_flink(self) -> FlinkDataType:
         """The Flink SQL type of this data type (e.g. ``FLOAT_32_ARRAY`` -> ``ARRAY<FLOAT>``)."""
@@ -73,7 +74,8 @@ class DataType(enum.Enum):
         where = f"Column {column!r} has" if column else "Type"
         raise UnsupportedTypeError(
             f"{where} unsupported type {flink_type_to_string(flink_type)}; supported: FLOAT, "
-            f"DOUBLE, INT, BIGINT, STRING, ARRAY<FLOAT>, ARRAY<DOUBLE>. Cast the column first, "
+            f"DOUBLE, INT, BIGINT, STRING, BOOLEAN, ARRAY<FLOAT>, ARRAY<DOUBLE>. Cast the "
+            f"column first, "
             f"e.g. table.select(col('x').cast(DataTypes.FLOAT()))")
 
     @classmethod
@@ -94,6 +96,7 @@ _FLINK_FACTORIES = {
     DataType.INT_32: DataTypes.INT,
     DataType.INT_64: DataTypes.BIGINT,
     DataType.STRING: DataTypes.STRING,
+    DataType.BOOLEAN: DataTypes.BOOLEAN,
     DataType.FLOAT_32_ARRAY: lambda: DataTypes.ARRAY(DataTypes.FLOAT()),
     DataType.FLOAT_64_ARRAY: lambda: DataTypes.ARRAY(DataTypes.DOUBLE()),
 }
@@ -104,6 +107,7 @@ _FLINK_CLASSES = {
     DataType.INT_32: IntType,
     DataType.INT_64: BigIntType,
     DataType.STRING: VarCharType,
+    DataType.BOOLEAN: BooleanType,
     DataType.FLOAT_32_ARRAY: FloatType,
     DataType.FLOAT_64_ARRAY: DoubleType,
 }
@@ -113,7 +117,7 @@ _ALIASES = {
     "FLOAT64": "FLOAT_64", "DOUBLE": "FLOAT_64",
     "INT32": "INT_32", "INT": "INT_32", "INTEGER": "INT_32",
     "INT64": "INT_64", "BIGINT": "INT_64",
-    "VARCHAR": "STRING",
+    "VARCHAR": "STRING", "BOOL": "BOOLEAN",
     "ARRAY<FLOAT>": "FLOAT_32_ARRAY", "FLOAT_32[]": "FLOAT_32_ARRAY",
     "ARRAY<DOUBLE>": "FLOAT_64_ARRAY", "FLOAT_64[]": "FLOAT_64_ARRAY",
 }

@@ -98,7 +98,7 @@ def shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[
 
 def _sql_type(data_type: DataType) -> str:
     return {"FLOAT_32": "FLOAT", "FLOAT_64": "DOUBLE", "INT_32": "INT", "INT_64": "BIGINT",
-            "STRING": "STRING", "FLOAT_32_ARRAY": "ARRAY<FLOAT>",
+            "STRING": "STRING", "BOOLEAN": "BOOLEAN", "FLOAT_32_ARRAY": "ARRAY<FLOAT>",
             "FLOAT_64_ARRAY": "ARRAY<DOUBLE>"}[data_type.type_name]
 
 
@@ -164,12 +164,14 @@ class NodeFunction(AggregateFunction):
             raise RuntimeError(f"One group holds several shard keys {list(keys)}")
         rank = spec.key_to_rank[int(keys[0])]
         data = ~pad.to_numpy(dtype=bool)
-        series = [s[data].reset_index(drop=True) for s in series]
         types = [DataType.from_name(t) for t in spec.input_types]
-        columns = columns_from_pandas(series, spec.input_names, types)
-        converted = time.time()
+
+        def columns():
+            return columns_from_pandas([s[data].reset_index(drop=True) for s in series],
+                                       spec.input_names, types)
+
         result = run_node(spec, rank, self._subtask, self._attempt, columns)
-        result.update(received_at=received, converted_at=converted)
+        result.update(received_at=received)
         accumulator.append(pickle.dumps(result))
 
     def get_value(self, accumulator):

@@ -26,7 +26,7 @@ from .spec import FeatureSpec, ModelSpec
 
 __all__ = ["PyTorchModel"]
 
-_PREDICTION_TYPES = [t.type_name for t in DataType if t is not DataType.STRING]
+_PREDICTION_TYPES = [t.type_name for t in DataType if t.is_numeric]
 
 
 class PyTorchModel(Model):
@@ -76,12 +76,27 @@ class PyTorchModel(Model):
         self._saved: Optional[SavedModel] = None
         self._spec: Optional[ModelSpec] = None
         self._torchscript_cache: Dict[Tuple, bytes] = {}
-        self.history: List[Dict[str, Any]] = []
+        self._feature_types: Optional[List[DataType]] = None  # column types known w/o a table
+        self._pending = None  # a training job that will produce this model's weights
+        self._t_env = None
+        self._history: List[Dict[str, Any]] = []
 
     # ----------------------------------------------------------------- accessors
     @property
+    def history(self) -> List[Dict[str, Any]]:
+        """Per-epoch training metrics of a model produced by PyTorchEstimator.fit."""
+        if self._pending is not None and self._pending.ready():
+            self._resolve_pending()
+        return self._history
+
+    def _resolve_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.resolve(self)
+
+    @property
     def model(self) -> Optional[torch.nn.Module]:
         """The torch module (a TorchScript module when loaded from TorchScript; None for ONNX)."""
+        self._resolve_pending()
         if self._module is None and self._saved and self._saved.model_format == "torchscript":
             self._module = torch.jit.load(io.BytesIO(self._saved.model_bytes), map_location="cpu")
         return self._module
@@ -110,6 +125,7 @@ class PyTorchModel(Model):
         if len(inputs) != 1:
             raise ValueError(f"PyTorchModel.transform takes exactly one table, got {len(inputs)}")
         table = inputs[0]
+        self._resolve_pending()
         spec = self._resolve_spec(table)
         runner = self._runner(spec)
         parallelism = int(table._t_env.get_config().get("parallelism.default", "1") or 1)
@@ -136,6 +152,11 @@ class PyTorchModel(Model):
         """Write the model to directory ``path`` as TorchScript (default) or ONNX."""
         if format not in FORMATS:
             raise ValueError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if self._pending is not None and not self._pending.ready():
+            # fitted lazily into a StatementSet: the worker writes it when the job runs
+            self._pending.request_save(self, path, format, overwrite)
+            return
+        self._resolve_pending()
         spec = self._spec or self._resolve_spec(None)
         names = spec.feature_cols
         if self._saved is not None and self._saved.model_format == format:
@@ -217,6 +238,8 @@ class PyTorchModel(Model):
         if widths is not None and len(widths) != len(cols):
             raise SchemaError(f"feature_widths has {len(widths)} entries but feature_cols has "
                               f"{len(cols)}")
+        if column_types is None and self._feature_types is not None:
+            column_types = list(self._feature_types)
         if column_types is None:  # no table: scalars unless a width says array
             column_types = [DataType.FLOAT_32_ARRAY if widths and widths[i] > 1
                             else DataType.FLOAT_32 for i in range(len(cols))]
@@ -286,7 +309,8 @@ def _check_columns(table: Table, cols: Sequence[str], prediction_col: str) -> Li
     for c in cols:
         data_type = DataType.from_flink(types[c], c)
         if not data_type.is_numeric:
-            raise UnsupportedTypeError(f"Feature column {c!r} is STRING; features must be "
+            raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
+                                       f"features must be "
                                        f"FLOAT, DOUBLE, INT, BIGINT, ARRAY<FLOAT> or ARRAY<DOUBLE>")
         column_types.append(data_type)
     return column_types

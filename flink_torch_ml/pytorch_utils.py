@@ -39,7 +39,7 @@ def train(statement_set: Optional[StatementSet], config: PyTorchClusterConfig, t
     (``rank``, ``rows``, ``pid``, ``seconds``). A failing worker raises ``WorkerError`` naming
     the rank, with its traceback.
     """
-    run = _Run(table, config, epoch, output_types=None)
+    run = _Run.from_config(table, config, epoch, output_types=None)
     if statement_set is not None:
         _check_statement_set(statement_set)
         sink = (TableDescriptor.for_connector("blackhole")
@@ -65,7 +65,7 @@ def inference(statement_set: Optional[StatementSet], table: Table,
         raise SchemaError("inference needs the 'output_types' property, e.g. "
                           "set_property('output_types', 'FLOAT_32,FLOAT_32')")
     names = _output_names(output_schema, len(output_types))
-    run = _Run(table, config, 1, output_types=output_types)
+    run = _Run.from_config(table, config, 1, output_types=output_types)
     explode = explode_rows_udtf(output_types)
     return run.results.join_lateral(explode(col("node_result")).alias(*names)).select(
         *[col(n) for n in names])
@@ -74,36 +74,49 @@ def inference(statement_set: Optional[StatementSet], table: Table,
 class _Run:
     """Validates a run, starts its rendezvous and builds its job (no execution)."""
 
-    def __init__(self, table: Table, config: PyTorchClusterConfig, epochs: int,
-                 output_types: Optional[List[DataType]]):
-        if not isinstance(config, PyTorchClusterConfig):
-            raise TypeError(f"config must be a PyTorchClusterConfig (use "
-                            f"PyTorchClusterConfig.new_builder()...build()), got "
-                            f"{type(config).__name__}")
+    def __init__(self, table: Table, entry, world_size: int, properties: Dict[str, str],
+                 timeout: float, epochs: int = 1, output_types: Optional[List[DataType]] = None,
+                 input_types: Optional[List[DataType]] = None,
+                 rendezvous_host: Optional[str] = None, rendezvous_bind: Optional[str] = None,
+                 ship_by_value: Sequence[Any] = ()):
         if not isinstance(table, Table):
             raise TypeError(f"table must be a pyflink Table, got {type(table).__name__}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
         t_env = table._t_env
-        world_size = config.get_world_size()
-        names, types = check_input_types(table, config.get_input_types())
+        names, types = check_input_types(table, input_types)
         self._previous_parallelism = t_env.get_config().get("parallelism.default", None)
-        check_environment(t_env, world_size, config.get_timeout())
-        host = config.get_property(PyTorchClusterConfig.RENDEZVOUS_HOST) or _default_host(t_env)
-        self.server = RendezvousServer(host, config.get_property(
-            PyTorchClusterConfig.RENDEZVOUS_BIND), config.get_timeout(), world_size)
+        check_environment(t_env, world_size, timeout)
+        self.server = RendezvousServer(rendezvous_host or _default_host(t_env), rendezvous_bind,
+                                       timeout, world_size)
         _SERVERS.append(self.server)
         keys = shard_keys(world_size)
         self._t_env = t_env
         self.spec = JobSpec(
-            entry=config.get_node_entry(), world_size=world_size,
-            properties=config.get_properties(), input_names=names,
-            input_types=[t.type_name for t in types],
+            entry=entry, world_size=world_size, properties=dict(properties),
+            input_names=names, input_types=[t.type_name for t in types],
             output_types=[t.type_name for t in output_types] if output_types else None,
             epochs=epochs, rendezvous=self.server.info(), client_pid=os.getpid(),
             key_to_rank={k: r for r, k in enumerate(keys)})
-        with _shipped_by_value(config.get_node_entry()):
+        with _shipped_by_value(entry, *ship_by_value):
             self.results = node_results_table(t_env, table, self.spec, keys)
+
+    @classmethod
+    def from_config(cls, table: Table, config: PyTorchClusterConfig, epochs: int,
+                    output_types: Optional[List[DataType]]) -> "_Run":
+        if not isinstance(config, PyTorchClusterConfig):
+            raise TypeError(f"config must be a PyTorchClusterConfig (use "
+                            f"PyTorchClusterConfig.new_builder()...build()), got "
+                            f"{type(config).__name__}")
+        return cls(table, config.get_node_entry(), config.get_world_size(),
+                   config.get_properties(), config.get_timeout(), epochs, output_types,
+                   config.get_input_types(),
+                   config.get_property(PyTorchClusterConfig.RENDEZVOUS_HOST),
+                   config.get_property(PyTorchClusterConfig.RENDEZVOUS_BIND))
+
+    def store(self):
+        """The run's keys, seen from the client."""
+        return self.server.store()
 
     def collect(self) -> List[Dict[str, Any]]:
         """Execute now; one summary per rank, or the first worker's error."""
@@ -123,6 +136,8 @@ class _Run:
                               f"got ranks {[r['rank'] for r in results]}")
         for r in results:
             r.pop("output", None)
+            if r.get("entry_result") is None:
+                r.pop("entry_result", None)
         return results
 
     def worker_error(self, error: Exception) -> Exception:
@@ -133,8 +148,9 @@ class _Run:
             if store.check([key]):
                 rank = int(store.get(key).decode())
                 text = store.get(f"a{attempt}/error/{rank}").decode()
-                return WorkerError(f"PyTorch worker rank {rank} of {self.spec.world_size} "
-                                   f"failed: {text}")
+                type_name = store.get(f"a{attempt}/error_type/{rank}").decode()
+                return _worker_error_class(type_name)(
+                    f"PyTorch worker rank {rank} of {self.spec.world_size} failed: {text}")
         message = str(error)
         if "NoResourceAvailableException" in message:
             return WorkerError(
@@ -149,24 +165,44 @@ class _Run:
         return error
 
 
+def _worker_error_class(type_name: str):
+    """WorkerError, or a subclass that is also the library error the worker raised (so
+    ``except InvalidDataError`` catches bad data found inside a worker)."""
+    from . import errors
+
+    cause = getattr(errors, type_name, None)
+    if isinstance(cause, type) and issubclass(cause, errors.FlinkTorchMLError) \
+            and not issubclass(cause, WorkerError):
+        return type(f"Worker{type_name}", (WorkerError, cause), {})
+    return WorkerError
+
+
 @contextlib.contextmanager
-def _shipped_by_value(function):
-    """Pickle the entry's own module by value while the job is built, so entry functions and
-    model classes defined in the user's modules (not only ``__main__``) reach the workers
-    without being installed there. Installed packages are still pickled by reference."""
+def _shipped_by_value(*objects):
+    """Pickle the user's own modules by value while the job is built, so entry functions and
+    model classes defined there (not only in ``__main__``) reach the workers without being
+    installed there. Installed packages are still pickled by reference."""
     import cloudpickle
 
-    module = sys.modules.get(getattr(function, "__module__", ""), None)
-    path = getattr(module, "__file__", None) or ""
-    if module is None or module.__name__ == "__main__" or "site-packages" in path \
-            or "dist-packages" in path:
-        yield
-        return
-    cloudpickle.register_pickle_by_value(module)
+    modules = []
+    for obj in objects:
+        if obj is None:
+            continue
+        name = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", "")
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if module is None or not path or name == "__main__" \
+                or name.startswith("flink_torch_ml") or "site-packages" in path \
+                or "dist-packages" in path or module in modules:
+            continue
+        modules.append(module)
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
     try:
         yield
     finally:
-        cloudpickle.unregister_pickle_by_value(module)
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _check_statement_set(statement_set) -> None:

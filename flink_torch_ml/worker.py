@@ -11,7 +11,7 @@ import pickle
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ import pandas as pd
 from .context import NodeContext
 from .data_types import DataType
 from .errors import FlinkTorchMLError, InvalidDataError
-from .rendezvous import RendezvousInfo, connect, wait_get
+from .rendezvous import RendezvousInfo, connect
 from .shard import DataWriter, ShardBuffer, balance_plan
 
 __all__ = ["JobSpec", "WorkerError", "run_node", "columns_from_pandas"]
@@ -60,9 +60,10 @@ def columns_from_pandas(series: List[pd.Series], names: List[str],
     for s, name, data_type in zip(series, names, types):
         nulls = s.isna().to_numpy() if not data_type.is_array else np.fromiter(
             (v is None for v in s), bool, len(s))
-        if data_type.is_numeric and nulls.any():
-            raise InvalidDataError(f"Input column {name!r} holds NULL in {int(nulls.sum())} of "
-                                   f"{len(s)} rows; {data_type.type_name} needs a value")
+        if data_type is not DataType.STRING and nulls.any():
+            what = "NULL or NaN" if data_type.is_floating and not data_type.is_array else "NULL"
+            raise InvalidDataError(f"Input column {name!r} holds {what} in {int(nulls.sum())} "
+                                   f"of {len(s)} rows; {data_type.type_name} needs a value")
         if data_type is DataType.STRING:
             columns.append(s.to_numpy(dtype=object))
         elif data_type.is_array:
@@ -111,6 +112,19 @@ class _Run:
     def key(self, name: str) -> str:
         return f"a{self.attempt}/{name}"
 
+    def wait_for(self, rank: int, key: str, what: str) -> bytes:
+        """The value of ``key`` once a peer sets it; fail fast if a peer failed instead."""
+        deadline = time.monotonic() + self.timeout
+        while not self.store.check([self.key(key)]):
+            error = self.peer_error(rank, 0)
+            if error:
+                raise WorkerError(f"Rank {rank} stopped waiting for {what}: {error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Rank {rank} timed out after {self.timeout:.0f} s waiting "
+                                   f"for {what}")
+            time.sleep(0.02)
+        return self.store.get(self.key(key))
+
     def claim(self, rank: int, subtask: int) -> None:
         pid = os.getpid()
         if self.store.add(self.key(f"claim/{rank}"), 1) != 1:
@@ -137,8 +151,8 @@ class _Run:
         one rank."""
         rows = len(columns[0]) if columns else 0
         self.store.set(self.key(f"count/{rank}"), str(rows))
-        counts = [int(wait_get(self.store, self.key(f"count/{r}"), self.timeout,
-                               f"rank {r}'s row count")) for r in range(self.world_size)]
+        counts = [int(self.wait_for(rank, f"count/{r}", f"rank {r}'s row count"))
+                  for r in range(self.world_size)]
         moves = balance_plan(counts)
         keep = rows
         for source, target, count in moves:
@@ -149,8 +163,8 @@ class _Run:
         columns = [c[:keep] for c in columns]
         for source, target, count in moves:
             if target == rank:
-                part = pickle.loads(wait_get(self.store, self.key(f"move/{source}/{target}"),
-                                             self.timeout, f"{count} rows from rank {source}"))
+                part = pickle.loads(self.wait_for(rank, f"move/{source}/{target}",
+                                                  f"{count} rows from rank {source}"))
                 columns = [np.concatenate([c, p]) for c, p in zip(columns, part)]
         return columns
 
@@ -165,7 +179,8 @@ class _Run:
                 return None
             time.sleep(0.1)
 
-    def fail(self, rank: int, text: str) -> None:
+    def fail(self, rank: int, text: str, type_name: str = "") -> None:
+        self.store.set(self.key(f"error_type/{rank}"), type_name)
         self.store.set(self.key(f"error/{rank}"), text)
         self.store.compare_set(self.key("first_error"), "", str(rank))
 
@@ -186,8 +201,10 @@ class _Run:
 
 
 def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
-             columns: List[np.ndarray]) -> Dict:
-    """Run the entry for ``rank`` over its shard; return what the client collects."""
+             columns: Union[List[np.ndarray], Callable[[], List[np.ndarray]]]) -> Dict:
+    """Run the entry for ``rank`` over its shard (columns, or a function converting them, so
+    that bad input is reported like any other worker error); return what the client
+    collects."""
     pid = os.getpid()
     if pid == spec.client_pid:
         raise WorkerError(
@@ -200,26 +217,25 @@ def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
                           f"world size ({spec.world_size}) and pin pipeline.max-parallelism")
     run = _Run(connect(spec.rendezvous), attempt, spec.world_size, spec.timeout)
     run.claim(rank, subtask)
-    columns = run.rebalance(rank, columns)
-    input_types = [DataType.from_name(t) for t in spec.input_types]
-    buffer = ShardBuffer(spec.timeout)
-    buffer.add(columns)
-    buffer.finish()
-    writer = (DataWriter([DataType.from_name(t) for t in spec.output_types], rank)
-              if spec.output_types is not None else None)
-    context = NodeContext(rank, spec.world_size, subtask, dict(spec.properties), input_types,
-                          buffer, spec.epochs, run.store, spec.rendezvous.host, spec.timeout,
-                          writer)
     started = time.time()
     with default_process_group_timeout(spec.timeout):  # tears the process group down last
         try:
-            spec.entry(context)
+            buffer = ShardBuffer(spec.timeout)
+            buffer.add(run.rebalance(rank, columns() if callable(columns) else columns))
+            buffer.finish()
+            writer = (DataWriter([DataType.from_name(t) for t in spec.output_types], rank)
+                      if spec.output_types is not None else None)
+            context = NodeContext(rank, spec.world_size, subtask, dict(spec.properties),
+                                  [DataType.from_name(t) for t in spec.input_types], buffer,
+                                  spec.epochs, run.store, spec.rendezvous.host, spec.timeout,
+                                  writer)
+            entry_result = spec.entry(context)
         except BaseException as error:
             # Record the error while this rank's process group is still up: peers blocked in
             # a collective only notice the failure once it goes down, so the root cause is
             # always recorded first.
             text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
-            run.fail(rank, text)
+            run.fail(rank, text, type(error).__name__)
             earlier = run.peer_error(rank, PEER_ERROR_GRACE)
             if earlier:
                 raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed "
@@ -231,4 +247,4 @@ def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
     return {"rank": rank, "subtask": subtask, "pid": pid, "rows": buffer.rows,
             "started_at": started, "finished_at": time.time(),
             "seconds": time.time() - started,
-            "output": writer.rows if writer is not None else None}
+            "output": writer.rows if writer is not None else None, "entry_result": entry_result}

@@ -27,6 +27,8 @@ def test_seed_names_map_to_flink_torch_and_numpy(name, flink, torch_dtype, numpy
 def test_not_null_flink_types_map_too():
     assert DataType.from_flink(DataTypes.DOUBLE(False)) is DataType.FLOAT_64
     assert DataType.from_flink(DataTypes.STRING()) is DataType.STRING
+    assert DataType.from_flink(DataTypes.BOOLEAN()) is DataType.BOOLEAN
+    assert not DataType.BOOLEAN.is_numeric and not DataType.STRING.is_numeric
 
 
 @pytest.mark.parametrize("alias, expected", [
@@ -39,7 +41,7 @@ def test_aliases(alias, expected):
 
 
 @pytest.mark.parametrize("flink", [DataTypes.ARRAY(DataTypes.INT()), DataTypes.DECIMAL(10, 2),
-                                   DataTypes.TIMESTAMP(3), DataTypes.BOOLEAN()])
+                                   DataTypes.TIMESTAMP(3), DataTypes.ARRAY(DataTypes.STRING())])
 def test_unsupported_flink_type_names_the_column(flink):
     with pytest.raises(UnsupportedTypeError, match="Column 'c' has unsupported type"):
         DataType.from_flink(flink, "c")
