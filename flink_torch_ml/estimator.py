@@ -154,6 +154,8 @@ class PyTorchEstimator(Estimator):
         finally:
             progress.stop()
         _PendingTraining(run, settings, progress).apply(model, results[0]["entry_result"])
+        model._fit_summaries = [{k: v for k, v in r.items() if k != "entry_result"}
+                                for r in results]
         return model
 
     def _settings(self, table: Table):

@@ -8,6 +8,7 @@ for ``max_epochs``, averaging loss and metrics over all rows of all workers ever
 import datetime
 import io
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -57,6 +58,7 @@ class TrainSettings:
     validation: Union[None, float, str] = None
     metrics: Dict[str, Callable] = field(default_factory=dict)
     validation_type: Optional[str] = None
+    num_threads: int = 0  # torch threads per worker; 0 = cores / workers
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -120,6 +122,9 @@ def fit_worker(rank: int, world_size: int, columns: List[np.ndarray], settings: 
                on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train on this worker's shard; return the history and (rank 0) the trained state."""
     distributed = world_size > 1
+    # Flink's Python worker may start with one intra-op thread; give each worker its share
+    # of the machine's cores (W workers on one host share it).
+    torch.set_num_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // world_size))
     if distributed:
         torch.distributed.init_process_group(
             "gloo", store=torch.distributed.PrefixStore("estimator/", store), rank=rank,
@@ -149,6 +154,7 @@ def _fit(rank, world_size, columns, settings, distributed, on_epoch):
     if total_rows.item() == 0:
         raise InvalidDataError("The training table is empty: nothing to fit")
     train_idx, valid_idx = _split(rows, settings, rank, flags)
+    batches = _Gatherer(features)
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimizer = settings.optimizer_creator(model)
@@ -166,25 +172,28 @@ def _fit(rank, world_size, columns, settings, distributed, on_epoch):
                                                       + rank)
             order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
         reducer = _Reducer(names)
+        loss_sum = torch.zeros((), dtype=torch.float64)
         context = ddp.join() if distributed else _null_context()
         with context:  # DDP.join: ranks with fewer batches shadow the others' all-reduces
             for start in range(0, len(order), settings.batch_size):
                 index = torch.from_numpy(order[start:start + settings.batch_size])
-                inputs = [f[index] for f in features]
+                inputs = batches.inputs(index)
                 target = label[index]
                 optimizer.zero_grad()
                 prediction = ddp(*inputs)
                 loss = settings.loss(prediction, target)
-                if not torch.isfinite(loss):
-                    raise InvalidDataError(f"The loss became {loss.item()} in epoch {epoch} "
-                                           f"(rank {rank}); lower the learning rate or check "
-                                           f"the data")
                 loss.backward()
                 optimizer.step()
-                with torch.no_grad():
-                    values = [loss.item()] + [float(m(prediction, target))
-                                              for m in metrics.values()]
-                reducer.add(values, len(index))
+                loss_sum += loss.detach().double() * len(index)
+                if metrics:
+                    with torch.no_grad():
+                        reducer.add([0.0] + [float(m(prediction, target))
+                                             for m in metrics.values()], len(index))
+        if not torch.isfinite(loss_sum):
+            raise InvalidDataError(f"The loss became {loss_sum.item()} in epoch {epoch} "
+                                   f"(rank {rank}); lower the learning rate or check the data")
+        reducer.totals[0] = loss_sum
+        reducer.totals[-1] = len(order)
         if scheduler is not None:
             scheduler.step()
         train_means = reducer.means(distributed)
@@ -202,7 +211,7 @@ def _fit(rank, world_size, columns, settings, distributed, on_epoch):
         history.append(record)
         if on_epoch is not None and rank == 0:
             on_epoch(record)
-    result = {"history": history, "rows": rows}
+    result = {"history": history, "rows": rows, "torch_threads": torch.get_num_threads()}
     if rank == 0:
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
@@ -222,6 +231,22 @@ def _evaluate(model, features, label, index, settings, names, metrics, distribut
                 float(m(prediction, target)) for m in metrics.values()]
             reducer.add(values, len(part))
     return reducer.means(distributed)
+
+
+class _Gatherer:
+    """Gathers a batch of rows from the feature tensors with one indexing operation per
+    dtype (instead of one per column), then splits it back into one tensor per column."""
+
+    def __init__(self, features: List[torch.Tensor]):
+        self.features = features
+        self.widths = [f.shape[1] for f in features]
+        same = len({f.dtype for f in features}) == 1
+        self.packed = torch.cat(features, dim=1) if same and len(features) > 1 else None
+
+    def inputs(self, index: torch.Tensor) -> List[torch.Tensor]:
+        if self.packed is None:
+            return [f[index] for f in self.features]
+        return list(self.packed[index].split(self.widths, dim=1))
 
 
 class _null_context:
