@@ -20,6 +20,7 @@ from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
                      ModelExportError, ModelFormatError, NotFittedError, SchemaError,
                      UnsupportedTypeError)
 from .model import PyTorchModel
+from .pipeline import Pipeline, PipelineModel
 from .worker import WorkerError
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "DataType",
     "PyTorchModel",
     "PyTorchEstimator",
+    "Pipeline",
+    "PipelineModel",
     "create_table_environment",
     "pytorch_utils",
     "PyTorchClusterConfig",

@@ -5,8 +5,11 @@ When ``pyflink.ml.api`` *is* importable, our classes also derive from its classe
 own ``Pipeline`` and ``isinstance`` checks accept our stages.
 """
 
+import os
+import pickle
+import time
 from abc import abstractmethod
-from typing import List
+from typing import Any, Dict, List, Optional
 
 from pyflink.table import Table
 
@@ -30,7 +33,21 @@ except ImportError:  # the usual case: define empty stand-ins
     class _FlinkMLEstimator(_FlinkMLStage):  # type: ignore[no-redef]
         pass
 
-__all__ = ["Stage", "Transformer", "Model", "Estimator"]
+__all__ = ["Stage", "Transformer", "Model", "Estimator", "FLINKML_AVAILABLE",
+           "write_flinkml_metadata"]
+
+FLINKML_AVAILABLE = _FlinkMLStage.__module__.startswith("pyflink.ml")
+
+
+def write_flinkml_metadata(stage, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write the ``metadata`` file FlinkML's own loader reads (a pickled dict naming the
+    stage's module and class; FlinkML then calls ``cls.load(t_env, path)``), so FlinkML
+    pipelines can reload our stages. Our own loaders never read it."""
+    metadata = {"module_name": type(stage).__module__, "class_name": type(stage).__name__,
+                "timestamp": time.time(), "param_map": {}, **(extra or {})}
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metadata"), "wb") as f:
+        pickle.dump(metadata, f, protocol=4)
 
 
 class Stage(WithParams, _FlinkMLStage):

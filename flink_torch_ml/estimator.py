@@ -17,7 +17,7 @@ import torch
 from pyflink.table import DataTypes, Schema, StatementSet, Table, TableDescriptor
 from pyflink.table.expressions import col
 
-from .api import Estimator
+from .api import Estimator, write_flinkml_metadata
 from .data_types import DataType
 from .errors import NotFittedError, SchemaError, UnsupportedTypeError
 from .model import PyTorchModel
@@ -234,7 +234,7 @@ class PyTorchEstimator(Estimator):
             json.dump({"class": "PyTorchEstimator", "params": simple}, f, indent=2)
         with open(os.path.join(path, "objects.pkl"), "wb") as f:
             cloudpickle.dump(objects, f)
-        _write_flinkml_metadata(self, path)
+        write_flinkml_metadata(self, path)
 
     @classmethod
     def load(cls, t_env, path: str) -> "PyTorchEstimator":
@@ -246,15 +246,6 @@ class PyTorchEstimator(Estimator):
         for name, value in {**params, **objects}.items():
             estimator.set(estimator._param_by_name(name), value)
         return estimator
-
-
-def _write_flinkml_metadata(stage, path: str) -> None:
-    """FlinkML's loader reads a pickled ``metadata`` dict naming the stage's class, then
-    calls ``cls.load(t_env, path)``; write it so FlinkML pipelines can reload our stages."""
-    metadata = {"module_name": type(stage).__module__, "class_name": type(stage).__name__,
-                "timestamp": time.time(), "param_map": {}}
-    with open(os.path.join(path, "metadata"), "wb") as f:
-        pickle.dump(metadata, f)
 
 
 class _EstimatorEntry:

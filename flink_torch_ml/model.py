@@ -7,6 +7,7 @@ feature column, in ``feature_cols`` order (width 1 for a scalar column, n for an
 """
 
 import io
+import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -14,9 +15,10 @@ import torch
 from pyflink.table import Table
 from pyflink.table.expressions import col
 
-from .api import Model
+from .api import Model, write_flinkml_metadata
 from .data_types import DataType
-from .errors import ModelExportError, NotFittedError, SchemaError, UnsupportedTypeError
+from .errors import (ModelExportError, ModelFormatError, NotFittedError, SchemaError,
+                     UnsupportedTypeError)
 from .export import FORMATS, check_onnx, to_onnx, to_torchscript
 from .inference import add_prediction_column
 from .params import (IntArrayParam, IntParam, ParamValidators, StringArrayParam, StringParam)
@@ -177,6 +179,7 @@ class PyTorchModel(Model):
                  "num_threads": self.get(self.NUM_THREADS),
                  "input_names": list(names)}
         write_model_dir(path, format, model_bytes, spec, extra, overwrite=overwrite)
+        write_flinkml_metadata(self, path)
 
     @classmethod
     def load(cls, t_env, path: str) -> "PyTorchModel":
@@ -194,7 +197,55 @@ class PyTorchModel(Model):
                     num_threads=int(saved.metadata.get("num_threads", 0)))
         model._saved = saved
         model._spec = saved.spec
+        model._t_env = t_env
         return model
+
+    # ----------------------------------------------------------------- model data
+    def get_model_data(self) -> List[Table]:
+        """The model as a one-row table ``(format STRING, model BYTES, spec STRING)``:
+        TorchScript bytes (or the loaded ONNX bytes) and the JSON feature/prediction spec."""
+        if self._t_env is None:
+            raise NotFittedError("get_model_data needs the TableEnvironment this model came "
+                                 "from (fit it, or load it with PyTorchModel.load(t_env, ...))")
+        self._resolve_pending()
+        spec = self._spec or self._resolve_spec(None)
+        if self._saved is not None:
+            fmt, payload = self._saved.model_format, self._saved.model_bytes
+            spec_json = dict(spec.to_json(), input_names=[f.name for f in
+                                                          self._saved.spec.features])
+        else:
+            fmt, payload = "torchscript", self._torchscript_bytes(spec)
+            spec_json = dict(spec.to_json(), input_names=spec.feature_cols)
+        from pyflink.table import DataTypes
+        schema = DataTypes.ROW([DataTypes.FIELD("format", DataTypes.STRING()),
+                                DataTypes.FIELD("model", DataTypes.BYTES()),
+                                DataTypes.FIELD("spec", DataTypes.STRING())])
+        return [self._t_env.from_elements([(fmt, bytearray(payload), json.dumps(spec_json))],
+                                          schema)]
+
+    def set_model_data(self, *inputs: Table) -> "PyTorchModel":
+        """Use the model held by a table from :meth:`get_model_data` (reads its one row)."""
+        if len(inputs) != 1:
+            raise ValueError(f"set_model_data takes one table, got {len(inputs)}")
+        with inputs[0].execute().collect() as rows:
+            rows = list(rows)
+        if len(rows) != 1:
+            raise ModelFormatError(f"A model data table holds exactly one row, got {len(rows)}")
+        fmt, payload, spec_text = rows[0][0], bytes(rows[0][1]), rows[0][2]
+        if fmt not in FORMATS:
+            raise ModelFormatError(f"Unknown model format {fmt!r} in the model data table")
+        spec_json = json.loads(spec_text)
+        spec = ModelSpec.from_json(spec_json)
+        names = spec_json.get("input_names") or spec.feature_cols
+        saved_spec = ModelSpec(tuple(FeatureSpec(n, f.data_type, f.width, f.input_dtype)
+                                     for n, f in zip(names, spec.features)),
+                               spec.prediction_col, spec.prediction_type, spec.output_width)
+        self._saved = SavedModel(fmt, payload, saved_spec, {"input_names": names})
+        self._module, self._pending, self._spec = None, None, saved_spec
+        self._t_env = inputs[0]._t_env
+        self.set(self.FEATURE_COLS, list(names))
+        self.set(self.PREDICTION_COL, spec.prediction_col)
+        return self
 
     # ----------------------------------------------------------------- spec resolution
     def _resolve_spec(self, table: Optional[Table]) -> ModelSpec:
