@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/score_table.py
+	$(PY) examples/train_and_score.py
 
 test: $(STAMP)
 	$(PY) -m pytest -ra

@@ -8,6 +8,8 @@ import contextlib
 import datetime
 import os
 import pickle
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -83,24 +85,38 @@ def columns_from_pandas(series: List[pd.Series], names: List[str],
 
 
 @contextlib.contextmanager
-def default_process_group_timeout(seconds: float):
-    """Make ``dist.init_process_group`` calls without a timeout use ours, not torch's 30 min."""
+def managed_process_group(seconds: float):
+    """While the entry runs: ``dist.init_process_group`` calls without a timeout get ours (not
+    torch's 30 minutes), and destroying the default group is deferred until the entry has
+    returned. Freeing a DDP model after its process group was destroyed can deadlock in
+    ProcessGroupGloo's destructor, and an entry's locals are freed only after it returns."""
     import torch.distributed as dist
 
-    original = dist.init_process_group
+    original_init, original_destroy = dist.init_process_group, dist.destroy_process_group
+    deferred = []
 
     def init_process_group(*args, **kwargs):
+        if deferred and dist.is_initialized():  # re-init after a deferred destroy
+            original_destroy()
+            deferred.clear()
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = datetime.timedelta(seconds=seconds)
-        return original(*args, **kwargs)
+        return original_init(*args, **kwargs)
 
-    dist.init_process_group = init_process_group
+    def destroy_process_group(group=None):
+        if group is None:
+            deferred.append(True)
+            return None
+        return original_destroy(group)
+
+    dist.init_process_group, dist.destroy_process_group = init_process_group, \
+        destroy_process_group
     try:
         yield
     finally:
-        dist.init_process_group = original
-        if dist.is_initialized():  # the entry forgot destroy_process_group()
-            dist.destroy_process_group()
+        dist.init_process_group, dist.destroy_process_group = original_init, original_destroy
+        if dist.is_initialized():  # deferred, or the entry never destroyed it
+            original_destroy()
 
 
 class _Run:
@@ -184,8 +200,57 @@ class _Run:
         self.store.set(self.key(f"error/{rank}"), text)
         self.store.compare_set(self.key("first_error"), "", str(rank))
 
+    def start_watchdog(self, rank: int, grace: float = 10.0) -> threading.Event:
+        """A daemon thread guarding this worker while it runs:
+        - when a peer timed out waiting for us, it publishes where the main thread is, so a
+          hang is reported with a stack;
+        - when the run has failed elsewhere (or the client and its store are gone) and this
+          worker is still busy ``grace`` seconds later, it ends the process: a worker stuck in
+          user code must not outlive its job."""
+        stop = threading.Event()
+        main = threading.get_ident()
+        store = self.store
+
+        def stack() -> str:
+            frame = sys._current_frames().get(main)
+            return "".join(traceback.format_stack(frame)[-12:]) if frame else "?"
+
+        def watch():
+            reported, doomed_at = False, None
+            while not stop.wait(0.5):
+                try:
+                    if not reported and store.check([self.key("stack_request")]):
+                        store.set(self.key(f"stack/{rank}"), stack())
+                        reported = True
+                    if doomed_at is None and (reported or store.check([self.key("first_error")])):
+                        doomed_at = time.monotonic()
+                except Exception:  # the client is gone: nobody will collect this run
+                    doomed_at = doomed_at or time.monotonic() - grace
+                if doomed_at is not None and time.monotonic() - doomed_at > grace \
+                        and not stop.is_set():
+                    sys.stderr.write(f"flink-torch-ml: rank {rank} is still busy {grace:.0f} s "
+                                     f"after its run failed; ending the worker process. It was "
+                                     f"at:\n{stack()}")
+                    os._exit(70)
+
+        threading.Thread(target=watch, daemon=True, name=f"ftm-watchdog-{rank}").start()
+        return stop
+
+    def peer_stacks(self, rank: int, peers) -> str:
+        """Ask the given ranks where they are; their answers, or '' if none came."""
+        self.store.set(self.key("stack_request"), "1")
+        deadline = time.monotonic() + 3
+        stacks = {}
+        while time.monotonic() < deadline and len(stacks) < len(peers):
+            for r in peers:
+                if r not in stacks and self.store.check([self.key(f"stack/{r}")]):
+                    stacks[r] = self.store.get(self.key(f"stack/{r}")).decode()
+            time.sleep(0.1)
+        return "".join(f"\n--- rank {r} is at:\n{text}" for r, text in stacks.items())
+
     def barrier(self, rank: int) -> None:
         """Wait (bounded) until every rank's entry returned; fail fast if a peer failed."""
+        self.store.set(self.key(f"finished/{rank}"), "1")
         self.store.add(self.key("done"), 1)
         deadline = time.monotonic() + self.timeout
         while self.store.add(self.key("done"), 0) < self.world_size:
@@ -194,9 +259,13 @@ class _Run:
                 raise WorkerError(f"Rank {rank} finished, but {error}")
             if time.monotonic() > deadline:
                 done = self.store.add(self.key("done"), 0)
+                finished = {r for r in range(self.world_size)
+                            if self.store.check([self.key(f"finished/{r}")])}
+                waiting = [r for r in range(self.world_size) if r not in finished]
                 raise TimeoutError(
                     f"Rank {rank} finished, but only {done} of {self.world_size} ranks finished "
-                    f"within {self.timeout:.0f} s after it: a worker hangs or died")
+                    f"within {self.timeout:.0f} s after it: rank(s) {waiting} hang or died"
+                    f"{self.peer_stacks(rank, waiting)}")
             time.sleep(0.05)
 
 
@@ -217,8 +286,17 @@ def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
                           f"world size ({spec.world_size}) and pin pipeline.max-parallelism")
     run = _Run(connect(spec.rendezvous), attempt, spec.world_size, spec.timeout)
     run.claim(rank, subtask)
+    stop_watchdog = run.start_watchdog(rank)
+    try:
+        return _run_claimed(spec, run, rank, subtask, pid, columns)
+    finally:
+        stop_watchdog.set()
+
+
+def _run_claimed(spec: JobSpec, run: "_Run", rank: int, subtask: int, pid: int,
+                 columns) -> Dict:
     started = time.time()
-    with default_process_group_timeout(spec.timeout):  # tears the process group down last
+    with managed_process_group(spec.timeout):  # tears the process group down last
         try:
             buffer = ShardBuffer(spec.timeout)
             buffer.add(run.rebalance(rank, columns() if callable(columns) else columns))

@@ -192,7 +192,7 @@ def test_dl_on_flink_example_parity(stream_env, tmp_path):
     model.save(model_path)
     assert not os.path.exists(model_path)  # lazy: written when the statement set runs
     statement_set.execute().wait()
-    assert sorted(os.listdir(model_path)) == ["metadata.json", "model.pt"]
+    assert sorted(os.listdir(model_path)) == ["metadata", "metadata.json", "model.pt"]
     res_table = PyTorchModel.load(env, model_path).transform(source_table)[0]
     frame = res_table.to_pandas()
     assert len(frame) == 1000 and frame["prediction"].notna().all()

@@ -18,7 +18,7 @@ def test_score_table_example(batch_env, stream_env):
     assert result["stream_rows"] == 500
     assert result["batch_accuracy"] > 0.9
     assert result["stream_accuracy"] > 0.9
-    assert sorted(os.listdir(result["model_dir"])) == ["metadata.json", "model.onnx"]
+    assert sorted(os.listdir(result["model_dir"])) == ["metadata", "metadata.json", "model.onnx"]
 
 
 def test_readme_quick_start_runs():
@@ -27,3 +27,19 @@ def test_readme_quick_start_runs():
     namespace = {"__name__": "readme_quick_start"}
     exec(compile(block, "README.md quick start", "exec"), namespace)
     assert namespace["loaded"].get_feature_cols() == ("x1", "x2")
+
+
+def test_train_and_score_example(stream_env):
+    result = load_example("train_and_score").main(stream_env, rows=2000, epochs=10)
+    assert result["valid_accuracy"] > 0.85
+    assert result["stream_accuracy"] > 0.85
+    assert result["stream_rows"] == 2000
+    assert len(result["history"]) == 10
+
+
+def test_linear_pytorch_example(stream_env):
+    rows = load_example("linear_pytorch").main(stream_env)
+    assert [r[0] for r in rows] == [0, 1]
+    assert len({(r[1], r[2]) for r in rows}) == 1  # DDP kept the ranks identical
+    # one pass of SGD at lr 0.1 over 4,000 rows moves toward y = 2x + 1
+    assert abs(rows[0][1] - 2) < 0.6 and abs(rows[0][2] - 1) < 0.2

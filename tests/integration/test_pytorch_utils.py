@@ -224,6 +224,24 @@ def test_worker_that_hangs_or_dies_makes_others_time_out(stream_env, how):
     if how == "hang":
         assert isinstance(raised.value, WorkerError)
         assert "rank 0" in str(raised.value)
+    # nothing is left running: the stuck worker ends itself once its run has failed
+    deadline = time.monotonic() + 30
+    while python_workers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert python_workers() == []
+
+
+def python_workers():
+    """Flink Python worker processes still alive on this machine."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"beam_boot" in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def test_fewer_slots_than_world_size_is_a_clear_error(tmp_path):
