@@ -34,15 +34,17 @@ def train_entry(context):
     dist.init_process_group(backend='gloo', world_size=pytorch_context.get_world_size(),
                             rank=pytorch_context.get_rank())
     data_loader = DataLoader(pytorch_context.get_dataset_from_flink(), batch_size=128)
+    torch.manual_seed(0)
     model = DDP(LinearModel())
     loss_fn = nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for batch, (x, y) in enumerate(data_loader):
-        optimizer.zero_grad()
-        pred = model(x.unsqueeze(1))
-        loss = loss_fn(pred, y.unsqueeze(1))
-        loss.backward()
-        optimizer.step()
+    for epoch in range(int(pytorch_context.get_property("epochs", "1"))):
+        for batch, (x, y) in enumerate(data_loader):  # the dataset can be read again
+            optimizer.zero_grad()
+            pred = model(x.unsqueeze(1))
+            loss = loss_fn(pred, y.unsqueeze(1))
+            loss.backward()
+            optimizer.step()
     writer = pytorch_context.get_data_writer_to_flink()
     writer.write(Row(rank=pytorch_context.get_rank(),
                      weight=model.module.linear.weight.item(),
@@ -59,9 +61,10 @@ def main(t_env=None) -> list:
     config = (PyTorchClusterConfig.new_builder()
               .set_property('input_types', 'FLOAT_32,FLOAT_32')
               .set_property('output_types', 'INT_32,FLOAT_32,FLOAT_32')
+              .set_property('epochs', '8')
               .set_node_entry(train_entry).set_world_size(2).build())
-    # train + write back: inference() returns the rows the workers wrote (epochs: the
-    # dataset is read once here; pytorch_utils.train(..., epoch=N) repeats it N times)
+    # train + write back: inference() returns the rows the workers wrote; the entry reads its
+    # shard 'epochs' times (pytorch_utils.train(..., epoch=N) repeats the dataset instead)
     result = pytorch_utils.inference(None, source_table, config, ["rank", "weight", "bias"])
     rows = sorted(tuple(r) for r in result.execute().collect())
     for rank, weight, bias in rows:

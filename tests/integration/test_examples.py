@@ -41,5 +41,4 @@ def test_linear_pytorch_example(stream_env):
     rows = load_example("linear_pytorch").main(stream_env)
     assert [r[0] for r in rows] == [0, 1]
     assert len({(r[1], r[2]) for r in rows}) == 1  # DDP kept the ranks identical
-    # one pass of SGD at lr 0.1 over 4,000 rows moves toward y = 2x + 1
-    assert abs(rows[0][1] - 2) < 0.6 and abs(rows[0][2] - 1) < 0.2
+    assert abs(rows[0][1] - 2) < 0.1 and abs(rows[0][2] - 1) < 0.1  # learned y = 2x + 1
