@@ -4,7 +4,8 @@
 a Java-only pass-through (datagen -> blackhole) and an identity pandas UDF (datagen -> Python
 -> blackhole). For the workers, "delivered" means the shard is in the worker's dataset: the
 clock stops when the last rank's entry starts. Every path is reported end to end (job
-submission included) and with start-up subtracted (the same path on --small rows); the median of --repeats runs is shown.
+submission included) and with start-up subtracted (the same path on --small rows); the
+median of --repeats runs is shown.
 
 Usage: python benchmarks/ingest.py [--rows 1000000] [--workers 2] [--small 10000] [--repeats 3]
 """

@@ -12,7 +12,6 @@ Run: python examples/train_and_score.py      (or `make demo`)
 import os
 import sys
 import tempfile
-from typing import Optional
 
 import numpy as np
 import torch

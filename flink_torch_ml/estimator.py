@@ -9,8 +9,7 @@ import logging
 import os
 import pickle
 import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch

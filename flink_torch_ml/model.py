@@ -385,8 +385,8 @@ def _infer_widths(table: Optional[Table], cols, column_types) -> List[int]:
                           f"{', '.join(array_cols)} from an empty table; set feature_widths")
     lengths = dict(zip(array_cols, (len(v) if v is not None else None for v in first)))
     if None in lengths.values():
-        raise SchemaError(f"Cannot infer array lengths from a row with a NULL array; set "
-                          f"feature_widths")
+        raise SchemaError("Cannot infer array lengths from a row with a NULL array; set "
+                          "feature_widths")
     return [lengths.get(c, 1) for c in cols]
 
 

@@ -123,7 +123,8 @@ class _Run:
     """The store keys of one attempt of one run."""
 
     def __init__(self, store, attempt: int, world_size: int, timeout: float):
-        self.store, self.attempt, self.world_size, self.timeout = store, attempt, world_size, timeout
+        self.store, self.attempt = store, attempt
+        self.world_size, self.timeout = world_size, timeout
 
     def key(self, name: str) -> str:
         return f"a{self.attempt}/{name}"

@@ -1,4 +1,3 @@
-import itertools
 import threading
 
 import numpy as np
