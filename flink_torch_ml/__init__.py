@@ -19,7 +19,7 @@ from .estimator import PyTorchEstimator
 from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
                      ModelExportError, ModelFormatError, NotFittedError, SchemaError,
                      UnsupportedTypeError)
-from .model import PyTorchModel
+from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
 from .worker import WorkerError
 
@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "DataType",
     "PyTorchModel",
+    "register_model_function",
     "PyTorchEstimator",
     "Pipeline",
     "PipelineModel",

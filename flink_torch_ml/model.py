@@ -20,13 +20,13 @@ from .data_types import DataType
 from .errors import (ModelExportError, ModelFormatError, NotFittedError, SchemaError,
                      UnsupportedTypeError)
 from .export import FORMATS, check_onnx, to_onnx, to_torchscript
-from .inference import add_prediction_column
+from .inference import add_prediction_column, predict_udf
 from .params import (IntArrayParam, IntParam, ParamValidators, StringArrayParam, StringParam)
 from .runner import ModelRunner
 from .serialization import SavedModel, read_model_dir, write_model_dir
 from .spec import FeatureSpec, ModelSpec
 
-__all__ = ["PyTorchModel"]
+__all__ = ["PyTorchModel", "register_model_function"]
 
 _PREDICTION_TYPES = [t.type_name for t in DataType if t.is_numeric]
 
@@ -133,6 +133,23 @@ class PyTorchModel(Model):
         parallelism = int(table._t_env.get_config().get("parallelism.default", "1") or 1)
         return [add_prediction_column(table, runner, spec, self.get(self.HANDLE_INVALID),
                                       max(parallelism, 1))]
+
+    def as_function(self, handle_invalid: Optional[str] = None):
+        """The model as a Flink scalar function for SQL and the Table API, e.g.
+        ``t_env.create_temporary_function("add_five", model.as_function())`` then
+        ``SELECT add_five(x) FROM t``; its arguments are the features, in ``feature_cols``
+        order (scalars, or arrays of the saved length). A vectorized pandas UDF, like
+        ``transform``. ``handle_invalid='error'`` (default) fails on NULL/NaN features;
+        unlike ``transform``, a function cannot drop rows, so 'skip' is not available."""
+        if (handle_invalid or "error") != "error":
+            raise ValueError("as_function supports handle_invalid='error' only: a scalar "
+                             "function cannot drop rows; filter NULLs in SQL instead")
+        self._resolve_pending()
+        spec = self._spec or self._resolve_spec(None)
+        parallelism = None
+        if self._t_env is not None:
+            parallelism = int(self._t_env.get_config().get("parallelism.default", "1") or 1)
+        return predict_udf(self._runner(spec), spec, True, parallelism)
 
     def _runner(self, spec: ModelSpec) -> ModelRunner:
         threads = self.get(self.NUM_THREADS)
@@ -395,3 +412,11 @@ def _module_float_dtype(module: torch.nn.Module) -> str:
         if tensor.is_floating_point():
             return str(tensor.dtype).replace("torch.", "")
     return "float32"
+
+
+def register_model_function(t_env, name: str, path: str) -> PyTorchModel:
+    """Load the model saved at ``path`` and register it as the temporary SQL function
+    ``name`` (``SELECT name(feature, ...) FROM t``); returns the loaded model."""
+    model = PyTorchModel.load(t_env, path)
+    t_env.create_temporary_function(name, model.as_function())
+    return model

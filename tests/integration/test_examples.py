@@ -42,3 +42,10 @@ def test_linear_pytorch_example(stream_env):
     assert [r[0] for r in rows] == [0, 1]
     assert len({(r[1], r[2]) for r in rows}) == 1  # DDP kept the ranks identical
     assert abs(rows[0][1] - 2) < 0.1 and abs(rows[0][2] - 1) < 0.1  # learned y = 2x + 1
+
+
+def test_add_five_streaming_example(stream_env):
+    result = load_example("add_five_streaming").main(stream_env, rows=50, sink="collect")
+    for frame, column in ((result["transform"], "x_plus_five"), (result["sql"], "y")):
+        assert sorted(frame["id"]) == list(range(1, 51))
+        assert ((frame[column] - frame["x"] - 5).abs() < 1e-5).all()

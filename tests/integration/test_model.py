@@ -322,3 +322,30 @@ def test_torchscript_loaded_model_can_be_exported_to_onnx(batch_env, tmp_path):
     frame = by_id(PyTorchModel.load(batch_env, str(tmp_path / "onnx")).transform(table)[0])
     assert_close(frame["prediction"], expected(module, [r[1] for r in rows],
                                                [r[2] for r in rows]))
+
+
+# ------------------------------------------------------------------ SQL functions
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_saved_model_as_sql_function(stream_env, tmp_path, fmt):
+    from flink_torch_ml import register_model_function
+
+    module = MixedClassifier(4, 3)
+    PyTorchModel(module, ["x", "v"], feature_widths=[1, 4]).save(str(tmp_path / "m"), fmt)
+    table, rows = mixed_table(stream_env)
+    stream_env.create_temporary_view(f"mixed_{fmt}", table)
+    register_model_function(stream_env, f"classify_{fmt}", str(tmp_path / "m"))
+    frame = stream_env.sql_query(f"SELECT id, classify_{fmt}(x, v) AS p FROM mixed_{fmt}") \
+        .to_pandas().sort_values("id")
+    assert_close(frame["p"], expected(module, [r[1] for r in rows], [r[2] for r in rows]))
+
+
+def test_in_memory_model_as_table_api_function(batch_env):
+    table, rows = scalar_table(batch_env)
+    module = ScalarRegressor()
+    function = PyTorchModel(module, ["x1", "x2"]).as_function()
+    frame = table.select(col("id"), function(col("x1"), col("x2")).alias("p")).to_pandas() \
+        .sort_values("id")
+    assert_close(frame["p"], expected(module, [r[1] for r in rows], [r[2] for r in rows]))
+    with pytest.raises(ValueError, match="cannot drop rows"):
+        PyTorchModel(module, ["x1", "x2"]).as_function(handle_invalid="skip")
