@@ -14,6 +14,7 @@ from ._version import __version__
 from .cluster_config import PyTorchClusterConfig
 from .context import PyTorchContext
 from .data_types import DataType
+from .datastream import score_data_stream
 from .environment import create_table_environment
 from .estimator import PyTorchEstimator
 from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
@@ -28,6 +29,7 @@ __all__ = [
     "DataType",
     "PyTorchModel",
     "register_model_function",
+    "score_data_stream",
     "PyTorchEstimator",
     "Pipeline",
     "PipelineModel",

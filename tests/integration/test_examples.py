@@ -49,3 +49,28 @@ def test_add_five_streaming_example(stream_env):
     for frame, column in ((result["transform"], "x_plus_five"), (result["sql"], "y")):
         assert sorted(frame["id"]) == list(range(1, 51))
         assert ((frame[column] - frame["x"] - 5).abs() < 1e-5).all()
+
+
+def test_add_five_datastream_example():
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    env.set_parallelism(2)
+    values = [float(v) / 4 for v in range(-20, 20)]
+    results = load_example("add_five_datastream").main(env, values)
+    assert [v for v, _ in results] == sorted(values)
+    assert all(abs(p - v - 5) < 1e-5 for v, p in results)
+
+
+def test_score_data_stream_rejects_a_non_model(stream_env):
+    import pytest
+    from pyflink.common import Row, Types
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from flink_torch_ml import score_data_stream
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    stream = env.from_collection([Row(value=1.0)],
+                                 type_info=Types.ROW_NAMED(["value"], [Types.FLOAT()]))
+    with pytest.raises(TypeError, match="PyTorchModel or the path"):
+        score_data_stream(stream, object())
