@@ -81,7 +81,8 @@ def main() -> None:
     torch.manual_seed(0)
     PyTorchModel(Tiny(), FEATURES).save(path, format="onnx")
     print(f"# {args.rate} rows/s for {args.seconds} s, tiny MLP (ONNX), parallelism 2; "
-          f"latency = source stamp -> prediction done, ms (rows created in the first second dropped: warm-up)")
+          f"latency = source stamp -> prediction done, ms (rows created in the first second "
+          f"dropped: warm-up)")
     print(f"{'setting':14s} {'bundle.size':>11s} {'bundle.time':>11s} {'arrow.batch':>11s} "
           f"{'p50':>8s} {'p95':>8s} {'p99':>8s}")
     for label, size, time_ms, batch in SETTINGS:

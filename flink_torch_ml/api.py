@@ -33,10 +33,7 @@ except ImportError:  # the usual case: define empty stand-ins
     class _FlinkMLEstimator(_FlinkMLStage):  # type: ignore[no-redef]
         pass
 
-__all__ = ["Stage", "Transformer", "Model", "Estimator", "FLINKML_AVAILABLE",
-           "write_flinkml_metadata"]
-
-FLINKML_AVAILABLE = _FlinkMLStage.__module__.startswith("pyflink.ml")
+__all__ = ["Stage", "Transformer", "Model", "Estimator", "write_flinkml_metadata"]
 
 
 def write_flinkml_metadata(stage, path: str, extra: Optional[Dict[str, Any]] = None) -> None:

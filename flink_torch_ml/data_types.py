@@ -45,6 +45,11 @@ class DataType(enum.Enum):
     def is_numeric(self) -> bool:
         return self not in (DataType.STRING, DataType.BOOLEAN)
 
+    @property
+    def sql_name(self) -> str:
+        """The Flink SQL spelling of this type, e.g. ``ARRAY<FLOAT>``."""
+        return _SQL_NAMES[self]
+
     def to_flink(self) -> FlinkDataType:
         """The Flink SQL type of this data type (e.g. ``FLOAT_32_ARRAY`` -> ``ARRAY<FLOAT>``)."""
         return _FLINK_FACTORIES[self]()
@@ -99,6 +104,12 @@ _FLINK_FACTORIES = {
     DataType.BOOLEAN: DataTypes.BOOLEAN,
     DataType.FLOAT_32_ARRAY: lambda: DataTypes.ARRAY(DataTypes.FLOAT()),
     DataType.FLOAT_64_ARRAY: lambda: DataTypes.ARRAY(DataTypes.DOUBLE()),
+}
+
+_SQL_NAMES = {
+    DataType.FLOAT_32: "FLOAT", DataType.FLOAT_64: "DOUBLE", DataType.INT_32: "INT",
+    DataType.INT_64: "BIGINT", DataType.STRING: "STRING", DataType.BOOLEAN: "BOOLEAN",
+    DataType.FLOAT_32_ARRAY: "ARRAY<FLOAT>", DataType.FLOAT_64_ARRAY: "ARRAY<DOUBLE>",
 }
 
 _FLINK_CLASSES = {

@@ -96,12 +96,6 @@ def shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[
     return [found[r] for r in range(world_size)]
 
 
-def _sql_type(data_type: DataType) -> str:
-    return {"FLOAT_32": "FLOAT", "FLOAT_64": "DOUBLE", "INT_32": "INT", "INT_64": "BIGINT",
-            "STRING": "STRING", "BOOLEAN": "BOOLEAN", "FLOAT_32_ARRAY": "ARRAY<FLOAT>",
-            "FLOAT_64_ARRAY": "ARRAY<DOUBLE>"}[data_type.type_name]
-
-
 def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
@@ -116,7 +110,7 @@ def sharded_view(t_env, table: Table, names: List[str], types: List[DataType],
     t_env.create_temporary_view(source, table)
     pad_rows = ", ".join(f"({k})" for k in keys)
     cols = ", ".join(_quote(n) for n in names)
-    nulls = ", ".join(f"CAST(NULL AS {_sql_type(t)}) AS {_quote(n)}" for n, t in zip(names, types))
+    nulls = ", ".join(f"CAST(NULL AS {t.sql_name}) AS {_quote(n)}" for n, t in zip(names, types))
     # RAND_INTEGER keeps the key non-constant even for W = 1 (a constant key is folded away
     # by the planner and the Python window aggregate cannot be planned).
     if world_size == 1:

@@ -204,10 +204,7 @@ class PyTorchModel(Model):
         onnxruntime). Reads JSON and model bytes only; never unpickles."""
         saved = read_model_dir(path)
         input_names = saved.metadata.get("input_names") or saved.spec.feature_cols
-        saved.spec = ModelSpec(tuple(FeatureSpec(n, f.data_type, f.width, f.input_dtype)
-                                     for n, f in zip(input_names, saved.spec.features)),
-                               saved.spec.prediction_col, saved.spec.prediction_type,
-                               saved.spec.output_width)
+        saved.spec = saved.spec.with_feature_names(input_names)
         model = cls(feature_cols=saved.spec.feature_cols,
                     prediction_col=saved.spec.prediction_col,
                     handle_invalid=saved.metadata.get("handle_invalid", "error"),
@@ -254,9 +251,7 @@ class PyTorchModel(Model):
         spec_json = json.loads(spec_text)
         spec = ModelSpec.from_json(spec_json)
         names = spec_json.get("input_names") or spec.feature_cols
-        saved_spec = ModelSpec(tuple(FeatureSpec(n, f.data_type, f.width, f.input_dtype)
-                                     for n, f in zip(names, spec.features)),
-                               spec.prediction_col, spec.prediction_type, spec.output_width)
+        saved_spec = spec.with_feature_names(names)
         self._saved = SavedModel(fmt, payload, saved_spec, {"input_names": names})
         self._module, self._pending, self._spec = None, None, saved_spec
         self._t_env = inputs[0]._t_env

@@ -4,7 +4,7 @@ A :class:`ModelSpec` is resolved once in the client from the table schema and th
 travels with the UDF and into ``metadata.json``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -50,11 +50,16 @@ class ModelSpec:
     prediction_col: str
     prediction_type: DataType
     output_width: int = 1
-    extra: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def feature_cols(self) -> List[str]:
         return [f.name for f in self.features]
+
+    def with_feature_names(self, names: List[str]) -> "ModelSpec":
+        """The same spec with its features renamed (e.g. to a saved model's input names)."""
+        return ModelSpec(tuple(FeatureSpec(n, f.data_type, f.width, f.input_dtype)
+                               for n, f in zip(names, self.features)),
+                         self.prediction_col, self.prediction_type, self.output_width)
 
     def sample_inputs(self, batch: int = 4, seed: int = 0) -> List[torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)

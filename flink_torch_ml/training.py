@@ -57,7 +57,6 @@ class TrainSettings:
     shuffle: bool = True
     validation: Union[None, float, str] = None
     metrics: Dict[str, Callable] = field(default_factory=dict)
-    validation_type: Optional[str] = None
     num_threads: int = 0  # torch threads per worker; 0 = cores / workers
 
 

@@ -70,3 +70,8 @@ def test_from_numpy_and_type_strings():
     with pytest.raises(UnsupportedTypeError):
         DataType.from_numpy(np.int64, is_array=True)
     assert flink_type_to_string(DataTypes.ARRAY(DataTypes.INT())) == "ARRAY<INT>"
+
+
+def test_sql_names_parse_back_to_the_same_type():
+    for data_type in DataType:
+        assert DataType.from_name(data_type.sql_name) is data_type
