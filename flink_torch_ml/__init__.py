@@ -22,7 +22,7 @@ from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
                      UnsupportedTypeError)
 from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
-from .worker import WorkerError
+from .worker import TaskManagerLostError, WorkerError
 
 __all__ = [
     "__version__",
@@ -38,6 +38,7 @@ __all__ = [
     "PyTorchClusterConfig",
     "PyTorchContext",
     "WorkerError",
+    "TaskManagerLostError",
     "FlinkTorchMLError",
     "SchemaError",
     "UnsupportedTypeError",

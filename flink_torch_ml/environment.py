@@ -31,8 +31,11 @@ def create_table_environment(mode: str = "batch", parallelism: int = 2,
     t_env = StreamTableEnvironment.create(env, environment_settings=settings)
     conf = t_env.get_config()
     conf.set("parallelism.default", str(parallelism))
-    conf.set("python.executable", sys.executable)
-    conf.set("python.client.executable", sys.executable)
+    # Submitted with `flink run -pyexec ...` (or a cluster config naming the workers'
+    # interpreter), keep that; on the embedded mini-cluster the workers run this interpreter.
+    for key in ("python.executable", "python.client.executable"):
+        if conf.get(key, None) is None:
+            conf.set(key, sys.executable)
     for key, value in (config or {}).items():
         conf.set(key, str(value))
     return t_env

@@ -20,7 +20,7 @@ from pyflink.table.udf import AggregateFunction, TableFunction, udaf, udtf
 
 from .data_types import DataType
 from .errors import SchemaError
-from .worker import JobSpec, columns_from_pandas, run_node
+from .worker import JobSpec, announce_deployed, columns_from_pandas, run_node
 
 __all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
            "MAX_PARALLELISM"]
@@ -145,6 +145,7 @@ class NodeFunction(AggregateFunction):
         self._subtask = function_context.get_index_of_this_subtask()
         self._attempt = function_context.get_attempt_number()
         import torch.distributed  # noqa: F401  (import while the input is still arriving)
+        announce_deployed(self._spec, self._subtask)
 
     def create_accumulator(self):
         return []

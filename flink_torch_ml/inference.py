@@ -13,6 +13,7 @@ from pyflink.table.expressions import col
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from .batch import features_to_arrays, output_to_series
+from .orphan_guard import start_orphan_guard
 from .runner import ModelRunner
 from .spec import ModelSpec
 
@@ -30,6 +31,7 @@ class PredictFunction(ScalarFunction):
         self._parallelism = parallelism
 
     def open(self, function_context: FunctionContext) -> None:
+        start_orphan_guard()  # a killed TaskManager must not leave this process behind
         self._runner.open(self._parallelism)
 
     def eval(self, *series: pd.Series) -> pd.Series:

@@ -8,7 +8,10 @@ the table of rows the workers write. See ``PyTorchContext`` for what an entry fu
 import contextlib
 import os
 import pickle
+import re
 import sys
+import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pyflink.table import DataTypes, Schema, StatementSet, Table, TableDescriptor
@@ -20,7 +23,7 @@ from .errors import SchemaError
 from .flink_job import (_is_local, check_environment, check_input_types, explode_rows_udtf,
                         node_results_table, shard_keys)
 from .rendezvous import RendezvousServer
-from .worker import JobSpec, WorkerError
+from .worker import JobSpec, TaskManagerLostError, WorkerError
 
 __all__ = ["train", "inference"]
 
@@ -87,8 +90,12 @@ class _Run:
         names, types = check_input_types(table, input_types)
         self._previous_parallelism = t_env.get_config().get("parallelism.default", None)
         check_environment(t_env, world_size, timeout)
-        self.server = RendezvousServer(rendezvous_host or _default_host(t_env), rendezvous_bind,
-                                       timeout, world_size)
+        conf = t_env.get_config()
+        host = (rendezvous_host or conf.get(PyTorchClusterConfig.RENDEZVOUS_HOST, None)
+                or os.environ.get("FLINK_TORCH_ML_RENDEZVOUS_HOST") or _default_host(t_env))
+        bind = (rendezvous_bind or conf.get(PyTorchClusterConfig.RENDEZVOUS_BIND, None)
+                or os.environ.get("FLINK_TORCH_ML_RENDEZVOUS_BIND"))
+        self.server = RendezvousServer(host, bind, timeout, world_size)
         _SERVERS.append(self.server)
         keys = shard_keys(world_size)
         self._t_env = t_env
@@ -120,12 +127,26 @@ class _Run:
 
     def collect(self) -> List[Dict[str, Any]]:
         """Execute now; one summary per rank, or the first worker's error."""
+        watch = None
         try:
-            with self.results.execute().collect() as rows:
+            submitted = self.results.execute()
+            watch = _DeploymentWatch(self.store(), self.spec.world_size, self.spec.timeout,
+                                     submitted.get_job_client())
+            with submitted.collect() as rows:
                 results = [pickle.loads(row[1]) for row in rows]
         except Exception as error:
+            if watch is not None and watch.starved is not None \
+                    and "rendezvous store" not in str(error):
+                raise WorkerError(
+                    f"Only {watch.starved} of {self.spec.world_size} PyTorch workers were "
+                    f"deployed within {self.spec.timeout + 5:.0f} s of submission, so the job was "
+                    f"cancelled: Flink could not give it {self.spec.world_size} task slots at "
+                    f"once. The workers must run at the same time; free at least "
+                    f"{self.spec.world_size} slots or lower world_size") from error
             raise self.worker_error(error) from error
         finally:
+            if watch is not None:
+                watch.stop()
             if self.server in _SERVERS:
                 _SERVERS.remove(self.server)
             if self._previous_parallelism is not None:  # ran now: leave the env as it was
@@ -142,6 +163,14 @@ class _Run:
 
     def worker_error(self, error: Exception) -> Exception:
         """The first error a worker recorded, or the job's own error if none did."""
+        message = str(error)
+        lost = _task_manager_lost(message)
+        if lost:  # the root cause; errors the surviving workers recorded follow from it
+            return TaskManagerLostError(
+                f"A Flink TaskManager running PyTorch workers of this {self.spec.world_size}-"
+                f"worker run was lost ({lost}); the job failed and was not restarted, so the "
+                f"run did not finish. Check that TaskManager's log (killed, out of memory?) and "
+                f"run again")
         store = self.server.store()
         for attempt in range(4):
             key = f"a{attempt}/first_error"
@@ -151,7 +180,6 @@ class _Run:
                 type_name = store.get(f"a{attempt}/error_type/{rank}").decode()
                 return _worker_error_class(type_name)(
                     f"PyTorch worker rank {rank} of {self.spec.world_size} failed: {text}")
-        message = str(error)
         if "NoResourceAvailableException" in message:
             return WorkerError(
                 f"Flink could not give the job {self.spec.world_size} task slots at once "
@@ -163,6 +191,57 @@ class _Run:
                 tail = message.split(marker, 1)[1].split("\n\tat ", 1)[0]
                 return WorkerError(tail.strip())
         return error
+
+
+class _DeploymentWatch:
+    """Cancels a submitted run whose W subtasks were not all deployed within ``timeout``:
+    a streaming job waits for all its slots at once, and on a cluster Flink's own slot
+    request timeout (cluster configuration, 5 minutes by default) would decide otherwise."""
+
+    def __init__(self, store, world_size: int, timeout: float, job_client):
+        self.starved: Optional[int] = None
+        self._done = threading.Event()
+
+        def watch():
+            # later than a worker's own bounded waits, whose errors say more
+            deadline = time.monotonic() + timeout + 5
+            while not self._done.wait(0.5):
+                try:
+                    deployed = store.add("deployed", 0)
+                except Exception:  # the run is over and its store closed
+                    return
+                if deployed >= world_size:
+                    return
+                if time.monotonic() > deadline:
+                    self.starved = deployed
+                    try:
+                        job_client.cancel()
+                    except Exception:  # already ending
+                        pass
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="ftm-deployment-watch").start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+_LOST_PATTERNS = (
+    r"Connection unexpectedly closed by remote task manager[^\n]*",
+    r"TaskManager with id \S+ is no longer reachable[^\n]*",
+    r"Heartbeat of TaskManager with id \S+ timed out[^\n]*",
+    r"The TaskExecutor is shutting down[^\n]*",
+    r"Lost connection to task manager[^\n]*",
+)
+
+
+def _task_manager_lost(message: str) -> Optional[str]:
+    """The line of a Flink job failure that says a TaskManager was lost, if any."""
+    for pattern in _LOST_PATTERNS:
+        found = re.search(pattern, message, flags=re.IGNORECASE)
+        if found:
+            return found.group(0).strip().rstrip(".")
+    return None
 
 
 def _worker_error_class(type_name: str):

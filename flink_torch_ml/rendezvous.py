@@ -62,6 +62,9 @@ def connect(info: RendezvousInfo):
     import torch.distributed as dist
 
     try:
+        # A plain connect first: torch's own retries can outlast the timeout on an address
+        # that drops packets (a firewall, a wrong interface).
+        socket.create_connection((info.host, info.port), timeout=info.timeout).close()
         base = dist.TCPStore(info.host, info.port, is_master=False,
                              timeout=datetime.timedelta(seconds=info.timeout),
                              use_libuv=True)

@@ -21,10 +21,12 @@ import pandas as pd
 from .context import NodeContext
 from .data_types import DataType
 from .errors import FlinkTorchMLError, InvalidDataError
+from .orphan_guard import start_orphan_guard, write_stderr
 from .rendezvous import RendezvousInfo, connect
 from .shard import DataWriter, ShardBuffer, balance_plan
 
-__all__ = ["JobSpec", "WorkerError", "run_node", "columns_from_pandas"]
+__all__ = ["JobSpec", "WorkerError", "TaskManagerLostError", "run_node", "announce_deployed",
+           "columns_from_pandas"]
 
 #: seconds a failing rank waits for a peer's earlier error, to report the root cause
 PEER_ERROR_GRACE = 3.0
@@ -32,6 +34,10 @@ PEER_ERROR_GRACE = 3.0
 
 class WorkerError(FlinkTorchMLError, RuntimeError):
     """A PyTorch worker failed; the message names the rank and carries its traceback."""
+
+
+class TaskManagerLostError(WorkerError):
+    """A Flink TaskManager running PyTorch workers died or became unreachable mid-run."""
 
 
 @dataclass
@@ -229,9 +235,9 @@ class _Run:
                     doomed_at = doomed_at or time.monotonic() - grace
                 if doomed_at is not None and time.monotonic() - doomed_at > grace \
                         and not stop.is_set():
-                    sys.stderr.write(f"flink-torch-ml: rank {rank} is still busy {grace:.0f} s "
-                                     f"after its run failed; ending the worker process. It was "
-                                     f"at:\n{stack()}")
+                    write_stderr(f"flink-torch-ml: rank {rank} is still busy {grace:.0f} s "
+                                 f"after its run failed; ending the worker process. It was "
+                                 f"at:\n{stack()}")
                     os._exit(70)
 
         threading.Thread(target=watch, daemon=True, name=f"ftm-watchdog-{rank}").start()
@@ -270,6 +276,14 @@ class _Run:
             time.sleep(0.05)
 
 
+def announce_deployed(spec: JobSpec, subtask: int) -> None:
+    """Tell the client this subtask is deployed (called from the operator's open(), before
+    any data): the client cancels a run whose W subtasks were not all deployed in time,
+    which is how too few free slots on a cluster shows. Fails early, naming the address,
+    when the rendezvous store cannot be reached from this TaskManager."""
+    connect(spec.rendezvous).add("deployed", 1)
+
+
 def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
              columns: Union[List[np.ndarray], Callable[[], List[np.ndarray]]]) -> Dict:
     """Run the entry for ``rank`` over its shard (columns, or a function converting them, so
@@ -285,6 +299,7 @@ def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
         raise WorkerError(f"Rank {rank} landed on Flink subtask {subtask}: the shard keys do not "
                           f"match this job's parallelism; set parallelism.default to the "
                           f"world size ({spec.world_size}) and pin pipeline.max-parallelism")
+    start_orphan_guard()  # a killed TaskManager must not leave this process behind
     run = _Run(connect(spec.rendezvous), attempt, spec.world_size, spec.timeout)
     run.claim(rank, subtask)
     stop_watchdog = run.start_watchdog(rank)

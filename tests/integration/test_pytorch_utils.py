@@ -254,6 +254,23 @@ def test_fewer_slots_than_world_size_is_a_clear_error(tmp_path):
 
 # ---------------------------------------------------------------- bad config
 
+def test_unreachable_rendezvous_host_from_flink_config_is_a_clear_error(stream_env):
+    """The host comes from the Flink option; workers that cannot reach it fail at deployment,
+    naming the address, within the timeout (192.0.2.1 is TEST-NET-1: never routed)."""
+    conf = stream_env.get_config()
+    conf.set("flink_torch_ml.rendezvous.host", "192.0.2.1")
+    conf.set("flink_torch_ml.rendezvous.bind", "127.0.0.1")
+    started = time.time()
+    try:
+        with pytest.raises(WorkerError, match="192.0.2.1"):
+            pytorch_utils.train(None, config(count_entry, 2, timeout=8, out_dir="/nonexistent",
+                                             epochs=1), linear_table(stream_env, 20))
+    finally:
+        conf.set("flink_torch_ml.rendezvous.host", "")
+        conf.set("flink_torch_ml.rendezvous.bind", "")
+    assert time.time() - started < 60
+
+
 def test_input_types_must_match_the_table(stream_env):
     table = linear_table(stream_env, 10)
     with pytest.raises(SchemaError, match="names 1 types .* has 2 columns"):
