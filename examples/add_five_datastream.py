@@ -1,5 +1,9 @@
-"""AddFive for DataStream API users: a stream of numbers scored in batches by a saved ONNX
-model (the PyTorch-on-Flink demo's RichMapFunction, made vectorized).
+"""AddFive for DataStream API users, with a saved ONNX model, two ways:
+
+1. ``score_data_stream``: a stream of Rows scored in Arrow batches through the Table API;
+2. ``ModelMapFunction``: the PyTorch-on-Flink demo's RichMapFunction (load in ``open()``,
+   release in ``close()``) in ``stream.map(...)``, each element a variable-length tensor of
+   numbers scored as one batch.
 
 Run: python examples/add_five_datastream.py
 """
@@ -12,7 +16,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import StreamExecutionEnvironment
 from torch import nn
 
-from flink_torch_ml import PyTorchModel, score_data_stream
+from flink_torch_ml import ModelMapFunction, PyTorchModel, score_data_stream
 
 
 class AddFive(nn.Module):
@@ -20,8 +24,10 @@ class AddFive(nn.Module):
         return x + 5.0
 
 
-def main(env=None, values=None) -> list:
-    env = env or StreamExecutionEnvironment.get_execution_environment()
+def main(env=None, values=None, tensors=None) -> dict:
+    if env is None:
+        env = StreamExecutionEnvironment.get_execution_environment()
+        env.set_python_executable(sys.executable)  # the workers need torch/onnxruntime too
     path = os.path.join(tempfile.mkdtemp(prefix="flink-torch-ml-"), "add_five")
     PyTorchModel(AddFive(), ["value"], "plus_five").save(path, format="onnx")
     values = values or [1.0, 2.5, -3.0, 10.0, 42.0]
@@ -31,7 +37,15 @@ def main(env=None, values=None) -> list:
     results = sorted((row["value"], row["plus_five"]) for row in scored.execute_and_collect())
     for value, plus_five in results:
         print(f"{value} + 5 = {plus_five}")
-    return results
+
+    tensors = tensors or [[1.0, 2.0, 3.0], [0.5], [-5.0, 5.0]]
+    array = Types.PRIMITIVE_ARRAY(Types.FLOAT())
+    mapped = env.from_collection(tensors, type_info=array).map(ModelMapFunction(path),
+                                                               output_type=array)
+    tensor_results = sorted(([v for v in t] for t in mapped.execute_and_collect()), key=len)
+    for tensor in tensor_results:
+        print(f"AddFive -> {tensor}")
+    return {"rows": results, "tensors": tensor_results}
 
 
 if __name__ == "__main__":

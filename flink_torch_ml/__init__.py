@@ -14,7 +14,7 @@ from ._version import __version__
 from .cluster_config import PyTorchClusterConfig
 from .context import PyTorchContext
 from .data_types import DataType
-from .datastream import score_data_stream
+from .datastream import ModelMapFunction, score_data_stream
 from .environment import create_table_environment
 from .estimator import PyTorchEstimator
 from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
@@ -30,6 +30,7 @@ __all__ = [
     "PyTorchModel",
     "register_model_function",
     "score_data_stream",
+    "ModelMapFunction",
     "PyTorchEstimator",
     "Pipeline",
     "PipelineModel",

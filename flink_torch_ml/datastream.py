@@ -1,21 +1,27 @@
-"""Scoring for DataStream API users.
+"""Scoring for DataStream API users, two ways.
 
-A Python ``MapFunction`` sees one element at a time, so it cannot feed a model whole batches.
-``score_data_stream`` instead routes the stream through the Table API, where Flink bundles
-elements into Arrow batches for the same vectorized UDF ``PyTorchModel.transform`` uses (the
-model is loaded once per worker in ``open()`` and released in ``close()``), and returns a
-DataStream again. ``python.fn-execution.bundle.size`` / ``bundle.time`` bound how many elements
-wait for a batch and for how long (latency vs throughput).
+``score_data_stream`` routes a stream of Rows through the Table API, where Flink bundles
+elements into Arrow batches for the same vectorized UDF ``PyTorchModel.transform`` uses, and
+returns a DataStream again (``python.fn-execution.bundle.size`` / ``bundle.time`` trade
+latency for throughput). ``ModelMapFunction`` is the seed demo's RichMapFunction: a
+``MapFunction`` for ``stream.map(...)`` that loads the model in ``open()`` and releases it in
+``close()``; it runs one model call per element, and an element that is a sequence of values
+(the AddFive demo's variable-length tensor) is one batch.
 """
 
-from typing import Optional, Union
+from typing import Any, List, Optional, Union
 
-from pyflink.datastream import DataStream
+import numpy as np
+import pandas as pd
+from pyflink.common import Row
+from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
+from .batch import feature_array, output_to_series
 from .model import PyTorchModel
+from .orphan_guard import start_orphan_guard
 
-__all__ = ["score_data_stream"]
+__all__ = ["score_data_stream", "ModelMapFunction"]
 
 
 def score_data_stream(data_stream: DataStream, model: Union[PyTorchModel, str],
@@ -33,3 +39,85 @@ def score_data_stream(data_stream: DataStream, model: Union[PyTorchModel, str],
                         f"{type(model).__name__}")
     scored = model.transform(t_env.from_data_stream(data_stream))[0]
     return t_env.to_data_stream(scored)
+
+
+class ModelMapFunction(MapFunction):
+    """``stream.map(ModelMapFunction(path_or_model), output_type=...)``: scores each element
+    with a saved model (TorchScript or ONNX bytes carried in the function; loaded once per
+    worker in ``open()``, released in ``close()``).
+
+    An element is scored as: a ``Row`` -> the Row plus the prediction field (features read
+    by name when the Row is named, else by position); for a one-feature model, a number -> a
+    number, and a list/array of numbers -> a list of predictions, scored as one batch (for
+    an array feature of width n, a list of n numbers is one row and a list of lists a batch).
+    NULL/NaN features or wrong array lengths raise ``InvalidDataError`` naming the feature."""
+
+    def __init__(self, model: Union[PyTorchModel, str]):
+        if isinstance(model, str):
+            model = PyTorchModel.load(None, model)
+        if not isinstance(model, PyTorchModel):
+            raise TypeError(f"model must be a PyTorchModel or the path of a saved one, got "
+                            f"{type(model).__name__}")
+        model._resolve_pending()
+        self._spec = model._spec or model._resolve_spec(None)
+        self._runner = model._runner(self._spec)
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        start_orphan_guard()
+        self._runner.open(runtime_context.get_number_of_parallel_subtasks())
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def map(self, value: Any) -> Any:
+        features = self._spec.features
+        if isinstance(value, Row):
+            return self._map_row(value)
+        if len(features) != 1:
+            raise TypeError(f"This model has {len(features)} features "
+                            f"{self._spec.feature_cols}; pass Rows holding them")
+        feature = features[0]
+        if isinstance(value, (list, tuple, np.ndarray)):
+            items = list(value)
+            is_batch = not feature.data_type.is_array or \
+                (len(items) > 0 and isinstance(items[0], (list, tuple, np.ndarray)))
+            if is_batch:
+                return self._predict([items])
+        return self._predict([[value]])[0]
+
+    def _map_row(self, row: Row) -> Row:
+        names = self._spec.feature_cols
+        try:
+            fields = row.as_dict() if getattr(row, "_fields", None) else None
+        except Exception:  # pragma: no cover - unnamed Row
+            fields = None
+        if fields is not None:
+            missing = [n for n in names if n not in fields]
+            if missing:
+                from .errors import SchemaError
+
+                raise SchemaError(f"The Row has no field(s) {missing}; it has {list(fields)} "
+                                  f"and the model reads {names}")
+            values = [fields[n] for n in names]
+        else:
+            if len(row) < len(names):
+                from .errors import SchemaError
+
+                raise SchemaError(f"The Row has {len(row)} fields; the model reads "
+                                  f"{len(names)} ({names}) by position")
+            values = list(row)[:len(names)]
+        prediction = self._predict([[v] for v in values])[0]
+        if fields is not None:
+            return Row(**fields, **{self._spec.prediction_col: prediction})
+        return Row(*row, prediction)
+
+    def _predict(self, columns: List[List[Any]]) -> List[Any]:
+        rows = len(columns[0])
+        if rows == 0:
+            return []
+        arrays = [feature_array(pd.Series(c, dtype=object if f.data_type.is_array else None),
+                                f) for c, f in zip(columns, self._spec.features)]
+        series = output_to_series(self._runner.predict(arrays), rows, self._spec)
+        if self._spec.prediction_type.is_array:
+            return [np.asarray(v).tolist() for v in series]
+        return series.tolist()

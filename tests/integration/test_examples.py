@@ -57,9 +57,46 @@ def test_add_five_datastream_example():
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(2)
     values = [float(v) / 4 for v in range(-20, 20)]
-    results = load_example("add_five_datastream").main(env, values)
-    assert [v for v, _ in results] == sorted(values)
-    assert all(abs(p - v - 5) < 1e-5 for v, p in results)
+    tensors = [[float(i + j) for j in range(i)] for i in range(1, 8)]
+    results = load_example("add_five_datastream").main(env, values, tensors)
+    assert [v for v, _ in results["rows"]] == sorted(values)
+    assert all(abs(p - v - 5) < 1e-5 for v, p in results["rows"])
+    assert results["tensors"] == [[v + 5 for v in t] for t in tensors]
+
+
+def test_model_map_function_scores_rows_numbers_and_rejects_nulls(tmp_path):
+    import sys
+
+    import pytest
+    import torch
+    from pyflink.common import Row, Types
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from flink_torch_ml import ModelMapFunction, PyTorchModel
+
+    class Weighted(torch.nn.Module):
+        def forward(self, a, b):
+            return 2 * a + b
+
+    path = str(tmp_path / "weighted")
+    PyTorchModel(Weighted(), ["a", "b"], "score").save(path, format="torchscript")
+    env = StreamExecutionEnvironment.get_execution_environment()
+    env.set_parallelism(2)
+    env.set_python_executable(sys.executable)
+    named = Types.ROW_NAMED(["id", "a", "b"], [Types.INT(), Types.DOUBLE(), Types.DOUBLE()])
+    rows = env.from_collection([Row(id=i, a=float(i), b=0.5) for i in range(20)],
+                               type_info=named)
+    out_type = Types.ROW_NAMED(["id", "a", "b", "score"],
+                               [Types.INT(), Types.DOUBLE(), Types.DOUBLE(), Types.DOUBLE()])
+    scored = sorted(rows.map(ModelMapFunction(path), output_type=out_type)
+                    .execute_and_collect(), key=lambda r: r["id"])
+    assert [r["score"] for r in scored] == [2.0 * i + 0.5 for i in range(20)]
+
+    with pytest.raises(TypeError, match="has 2 features"):
+        ModelMapFunction(path).map(1.0)
+    nulls = env.from_collection([Row(id=1, a=None, b=1.0)], type_info=named)
+    with pytest.raises(Exception, match="'a' holds NULL"):
+        list(nulls.map(ModelMapFunction(path), output_type=out_type).execute_and_collect())
 
 
 def test_score_data_stream_rejects_a_non_model(stream_env):
