@@ -61,7 +61,11 @@ descendants() {  # every process below the given pids
 }
 
 overview() {  # the REST overview as JSON, empty when the JobManager does not answer
-    curl -fsS --max-time 2 "http://127.0.0.1:$REST_PORT/overview" 2>/dev/null || true
+    "$PY" -c 'import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())
+except Exception:
+    pass' "http://127.0.0.1:$REST_PORT/overview"
 }
 
 registered_taskmanagers() {
