@@ -18,6 +18,7 @@ from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
 from .batch import feature_array, output_to_series
+from .errors import SchemaError
 from .model import PyTorchModel
 from .orphan_guard import start_orphan_guard
 
@@ -32,13 +33,19 @@ def score_data_stream(data_stream: DataStream, model: Union[PyTorchModel, str],
     model's feature fields; ``model`` is a PyTorchModel or the path of a saved one."""
     if t_env is None:
         t_env = StreamTableEnvironment.create(data_stream.get_execution_environment())
+    model = _as_model(model, t_env)
+    scored = model.transform(t_env.from_data_stream(data_stream))[0]
+    return t_env.to_data_stream(scored)
+
+
+def _as_model(model: Union[PyTorchModel, str], t_env) -> PyTorchModel:
+    """A PyTorchModel, loading it when given the path of a saved one."""
     if isinstance(model, str):
         model = PyTorchModel.load(t_env, model)
     if not isinstance(model, PyTorchModel):
         raise TypeError(f"model must be a PyTorchModel or the path of a saved one, got "
                         f"{type(model).__name__}")
-    scored = model.transform(t_env.from_data_stream(data_stream))[0]
-    return t_env.to_data_stream(scored)
+    return model
 
 
 class ModelMapFunction(MapFunction):
@@ -53,11 +60,7 @@ class ModelMapFunction(MapFunction):
     NULL/NaN features or wrong array lengths raise ``InvalidDataError`` naming the feature."""
 
     def __init__(self, model: Union[PyTorchModel, str]):
-        if isinstance(model, str):
-            model = PyTorchModel.load(None, model)
-        if not isinstance(model, PyTorchModel):
-            raise TypeError(f"model must be a PyTorchModel or the path of a saved one, got "
-                            f"{type(model).__name__}")
+        model = _as_model(model, None)
         model._resolve_pending()
         self._spec = model._spec or model._resolve_spec(None)
         self._runner = model._runner(self._spec)
@@ -87,22 +90,15 @@ class ModelMapFunction(MapFunction):
 
     def _map_row(self, row: Row) -> Row:
         names = self._spec.feature_cols
-        try:
-            fields = row.as_dict() if getattr(row, "_fields", None) else None
-        except Exception:  # pragma: no cover - unnamed Row
-            fields = None
+        fields = row.as_dict() if getattr(row, "_fields", None) else None
         if fields is not None:
             missing = [n for n in names if n not in fields]
             if missing:
-                from .errors import SchemaError
-
                 raise SchemaError(f"The Row has no field(s) {missing}; it has {list(fields)} "
                                   f"and the model reads {names}")
             values = [fields[n] for n in names]
         else:
             if len(row) < len(names):
-                from .errors import SchemaError
-
                 raise SchemaError(f"The Row has {len(row)} fields; the model reads "
                                   f"{len(names)} ({names}) by position")
             values = list(row)[:len(names)]

@@ -20,16 +20,29 @@ _started = False
 _lock = threading.Lock()
 
 
+_NO_PROC = object()  # this system has no /proc: ask ps / os.kill instead
+
+
+def _proc_stat(pid: int):
+    """The fields of /proc/PID/stat after "(comm)" (state, ppid, ...); None when the process
+    does not exist; _NO_PROC on systems without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else _NO_PROC
+    except (OSError, IndexError):
+        return None
+
+
 def parent_of(pid: int) -> Optional[int]:
     """The parent pid of ``pid``, or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # Linux: fields after "(comm)" are state, ppid
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
+    fields = _proc_stat(pid)
+    if fields is not _NO_PROC:
+        try:
+            return int(fields[1]) if fields else None
+        except (ValueError, IndexError):
             return None
-    except (OSError, ValueError, IndexError):
-        return None
     try:  # macOS and other systems without /proc
         out = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True,
                              text=True, timeout=5).stdout.strip()
@@ -40,14 +53,9 @@ def parent_of(pid: int) -> Optional[int]:
 
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (dead, not yet reaped) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return False
-    except (OSError, IndexError):
-        return False
+    fields = _proc_stat(pid)
+    if fields is not _NO_PROC:
+        return bool(fields) and fields[0] not in ("Z", "X")
     try:
         os.kill(pid, 0)
         return True

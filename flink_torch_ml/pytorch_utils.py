@@ -88,9 +88,9 @@ class _Run:
             raise ValueError(f"epoch must be a positive int, got {epochs!r}")
         t_env = table._t_env
         names, types = check_input_types(table, input_types)
-        self._previous_parallelism = t_env.get_config().get("parallelism.default", None)
-        check_environment(t_env, world_size, timeout)
         conf = t_env.get_config()
+        self._previous_parallelism = conf.get("parallelism.default", None)
+        check_environment(t_env, world_size, timeout)
         host = (rendezvous_host or conf.get(PyTorchClusterConfig.RENDEZVOUS_HOST, None)
                 or os.environ.get("FLINK_TORCH_ML_RENDEZVOUS_HOST") or _default_host(t_env))
         bind = (rendezvous_bind or conf.get(PyTorchClusterConfig.RENDEZVOUS_BIND, None)
@@ -139,7 +139,7 @@ class _Run:
                     and "rendezvous store" not in str(error):
                 raise WorkerError(
                     f"Only {watch.starved} of {self.spec.world_size} PyTorch workers were "
-                    f"deployed within {self.spec.timeout + 5:.0f} s of submission, so the job was "
+                    f"deployed within {watch.wait:.0f} s of submission, so the job was "
                     f"cancelled: Flink could not give it {self.spec.world_size} task slots at "
                     f"once. The workers must run at the same time; free at least "
                     f"{self.spec.world_size} slots or lower world_size") from error
@@ -200,11 +200,11 @@ class _DeploymentWatch:
 
     def __init__(self, store, world_size: int, timeout: float, job_client):
         self.starved: Optional[int] = None
+        self.wait = timeout + 5  # later than a worker's own bounded waits, whose errors say more
         self._done = threading.Event()
 
         def watch():
-            # later than a worker's own bounded waits, whose errors say more
-            deadline = time.monotonic() + timeout + 5
+            deadline = time.monotonic() + self.wait
             while not self._done.wait(0.5):
                 try:
                     deployed = store.add("deployed", 0)

@@ -25,7 +25,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _children() -> dict:
+def _process_table() -> dict:
     """pid -> parent pid of every process, read from ps."""
     out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,stat="], capture_output=True,
                          text=True, check=True).stdout
@@ -38,7 +38,7 @@ def _children() -> dict:
 
 
 def _descendants(roots) -> set:
-    table, found, todo = _children(), set(), list(roots)
+    table, found, todo = _process_table(), set(), list(roots)
     while todo:
         parent = todo.pop()
         for pid, ppid in table.items():
@@ -49,7 +49,7 @@ def _descendants(roots) -> set:
 
 
 def _alive(pids) -> set:
-    return set(pids) & set(_children())
+    return set(pids) & set(_process_table())
 
 
 class Cluster:
@@ -85,6 +85,16 @@ class Cluster:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
 
+    def run_job(self, *args, timeout: float):
+        """Submit a job and wait for its client: (exit code, output); killed after timeout."""
+        job = self.submit(*args)
+        try:
+            output, _ = job.communicate(timeout=timeout)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+        return job.returncode, output
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
@@ -111,13 +121,8 @@ def test_cluster_script_reports_status(cluster):
 
 def test_estimator_fit_and_transform_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "fit.json"
-    job = cluster.submit("fit", str(out))
-    try:
-        output, _ = job.communicate(timeout=300)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, output[-4000:]
+    returncode, output = cluster.run_job("fit", str(out), timeout=300)
+    assert returncode == 0, output[-4000:]
     result = json.loads(out.read_text())
     assert result["rows"] == 2000
     assert result["max_error"] < 0.05  # y = 3x + 1 learned by 2 DDP workers
@@ -138,13 +143,8 @@ def test_estimator_fit_and_transform_on_the_cluster(cluster, tmp_path):
 
 def test_more_workers_than_slots_fails_clearly_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "outcome.json"
-    job = cluster.submit("too-many-workers", str(out))
-    try:
-        output, _ = job.communicate(timeout=240)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, output[-4000:]
+    returncode, output = cluster.run_job("too-many-workers", str(out), timeout=240)
+    assert returncode == 0, output[-4000:]
     outcome = json.loads(out.read_text())
     assert outcome["error"] == "WorkerError", outcome
     assert "3 task slots at once" in outcome["message"], outcome
@@ -180,7 +180,6 @@ def test_task_manager_killed_mid_training_fails_clearly(cluster, tmp_path):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
 
-    print(f"client failed {took:.1f} s after the kill:", output[-2500:])
     assert job.returncode != 0, output[-4000:]
     assert "TaskManagerLostError" in output, output[-4000:]
     assert "TaskManager running PyTorch workers" in output

@@ -13,15 +13,7 @@ from torch import nn
 
 from flink_torch_ml import (InvalidDataError, PyTorchEstimator, PyTorchModel, SchemaError,
                             UnsupportedTypeError, WorkerError)
-
-
-class Linear2(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-
-    def forward(self, a, b):
-        return self.linear(torch.cat([a, b], dim=1))
+from tests.models import ScalarRegressor
 
 
 class CircleMLP(nn.Module):
@@ -77,7 +69,7 @@ def circle_data(n, seed):
 
 
 def estimator(**overrides):
-    params = dict(model=Linear2(), loss=nn.MSELoss(), optimizer_creator=sgd,
+    params = dict(model=ScalarRegressor(), loss=nn.MSELoss(), optimizer_creator=sgd,
                   feature_cols=["a", "b"], label_col="y", max_epochs=6, batch_size=64,
                   worker_num=2, timeout=60.0)
     params.update(overrides)
@@ -178,7 +170,7 @@ def test_dl_on_flink_example_parity(stream_env, tmp_path):
     """The DL-on-Flink docs' estimator example, imports aside."""
     env, source_table = stream_env, linear_table(stream_env, 1000)
     statement_set = stream_env.create_statement_set()
-    model = Linear2()
+    model = ScalarRegressor()
     loss = nn.MSELoss()
 
     def optimizer_creator(_model: nn.Module):
@@ -290,6 +282,6 @@ def test_estimator_save_load_round_trip(stream_env, tmp_path):
     params = {p.name: v for p, v in loaded.get_param_map().items()}
     assert params["max_epochs"] == 4 and params["seed"] == 7
     assert params["feature_cols"] == ("a", "b") and params["metrics"] == ["mae"]
-    assert isinstance(params["model"], Linear2)
+    assert isinstance(params["model"], ScalarRegressor)
     fitted = loaded.fit(linear_table(stream_env, 1000))
     assert fitted.history[-1]["train_mae"] < 0.2
