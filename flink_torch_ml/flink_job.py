@@ -1,32 +1,41 @@
 """The Flink side of running W PyTorch workers at once, each on a disjoint shard of a table.
 
-Mechanism (measured in ../shared/ARCHITECTURE.md and our own prototype): a streaming job where
-every row gets a constant event time (watermark = event time) and a shard key; a pandas UDAF
-over ``GROUP BY shard, TUMBLE(rowtime)`` fires once per shard at end of input, receives the
-whole shard as Arrow columns and hosts one PyTorch worker. Shard keys are chosen by asking the
-JVM which subtask a key lands on, so shard r runs on subtask r; one pad row per shard makes
-every rank run even when its shard is empty. Training logic lives in ``worker.py``.
+Mechanism (see ../shared/ARCHITECTURE.md and the README's "How training runs"):
+- a vectorized UDF over the input table (``FeedFunction``) gets Arrow batches from Flink and
+  sends each one, checked and converted to numpy, to a worker's feed server (``feed.py``),
+  round-robin, while the source runs;
+- the workers live in a row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(constant rowtime)``
+  (``NodeFunction``) that receives only one pad row per shard: its Python process opens at job
+  start and starts the feed server; the window fires at the end of input, after every batch
+  was acknowledged, and runs the node there. Shard keys are chosen by asking the JVM which
+  subtask a key lands on, so shard r runs on subtask r. Training logic lives in ``worker.py``.
 """
 
 import os
 import pickle
 import sys
+import time
 import uuid
 from typing import List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 from pyflink.table import DataTypes, Schema, Table
-from pyflink.table.udf import AggregateFunction, TableFunction, udaf, udtf
+from pyflink.table.udf import AggregateFunction, ScalarFunction, TableFunction, udaf, udf, udtf
 
 from .data_types import DataType
 from .errors import SchemaError
-from .worker import JobSpec, announce_deployed, columns_from_pandas, run_node
+from .feed import FeedSender, FeedServer
+from .orphan_guard import start_orphan_guard
+from .worker import JobSpec, WorkerError, announce_deployed, columns_from_pandas, run_node
 
 __all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
            "MAX_PARALLELISM"]
 
-SHARD, PAD, ROWTIME = "__ftm_shard", "__ftm_pad", "__ftm_rowtime"
+SHARD, ROWTIME = "__ftm_shard", "__ftm_rowtime"
 MAX_PARALLELISM = 128
+#: rows per batch the feed ships to a worker, unless python.fn-execution.* says otherwise
+FEED_BATCH_ROWS = 10_000
 
 
 def check_environment(t_env, world_size: int, timeout: float = 180.0) -> None:
@@ -59,6 +68,9 @@ def check_environment(t_env, world_size: int, timeout: float = 180.0) -> None:
         config.set("python.executable", sys.executable)
     if config.get("slot.request.timeout", None) is None:  # Flink's default waits 5 minutes
         config.set("slot.request.timeout", f"{int(timeout * 1000)} ms")
+    for option in ("python.fn-execution.arrow.batch.size", "python.fn-execution.bundle.size"):
+        if config.get(option, None) is None:  # the feed's batches: 1,000 rows by default
+            config.set(option, str(FEED_BATCH_ROWS))
     config.set("parallelism.default", str(world_size))
     config.set("pipeline.max-parallelism", str(MAX_PARALLELISM))
 
@@ -100,77 +112,148 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def sharded_view(t_env, table: Table, names: List[str], types: List[DataType],
-                 keys: List[int]) -> str:
-    """A view of the input columns plus a shard key, a pad flag and a constant rowtime, with
-    one pad row per shard so every shard has a group. Everything stays in the JVM."""
-    tag = uuid.uuid4().hex[:10]
-    world_size = len(keys)
-    source = f"_ftm_src_{tag}"
-    t_env.create_temporary_view(source, table)
-    pad_rows = ", ".join(f"({k})" for k in keys)
-    cols = ", ".join(_quote(n) for n in names)
-    nulls = ", ".join(f"CAST(NULL AS {t.sql_name}) AS {_quote(n)}" for n, t in zip(names, types))
-    # RAND_INTEGER keeps the key non-constant even for W = 1 (a constant key is folded away
-    # by the planner and the Python window aggregate cannot be planned).
-    if world_size == 1:
-        key_expr = f"CAST({keys[0]} + RAND_INTEGER(1) AS INT)"
-    else:
-        cases = " ".join(f"WHEN {r} THEN {k}" for r, k in enumerate(keys[:-1]))
-        key_expr = f"CASE RAND_INTEGER({world_size}) {cases} ELSE {keys[-1]} END"
-    union = t_env.sql_query(
-        f"SELECT {cols}, {key_expr} AS {SHARD}, FALSE AS {PAD} FROM {source} "
-        f"UNION ALL SELECT {nulls}, CAST(k AS INT) AS {SHARD}, TRUE AS {PAD} "
-        f"FROM (VALUES {pad_rows}) AS pads(k)")
-    stream = t_env.to_data_stream(union)
-    timed = t_env.from_data_stream(stream, Schema.new_builder()
-                                   .column_by_expression(ROWTIME, "TO_TIMESTAMP_LTZ(0, 3)")
-                                   .watermark(ROWTIME, ROWTIME)
-                                   .build())
-    view = f"_ftm_sharded_{tag}"
-    t_env.create_temporary_view(view, timed)
-    t_env.drop_temporary_view(source)
-    return view
+def _key(attempt: int, name: str) -> str:
+    return f"a{attempt}/{name}"
+
+
+class FeedFunction(ScalarFunction):
+    """A vectorized UDF over the input table: each Arrow batch Flink hands it is checked,
+    converted to numpy columns and sent to the next PyTorch worker (round-robin). Returns
+    -1 per row (filtered out before the workers' operator)."""
+
+    def __init__(self, spec: JobSpec):
+        self._spec = spec
+        self._sender: Optional[FeedSender] = None
+        self._store = None
+        self._attempt = 0
+        self._subtask = 0
+
+    def is_deterministic(self) -> bool:
+        return False  # it has a side effect: never fold, reorder or drop its calls
+
+    def open(self, function_context) -> None:
+        self._subtask = function_context.get_index_of_this_subtask()
+        self._attempt = function_context.get_attempt_number()
+        start_orphan_guard()  # a killed TaskManager must not leave this process behind
+
+    def _start(self) -> FeedSender:
+        from .rendezvous import connect
+
+        spec, attempt = self._spec, self._attempt
+        store = self._store = connect(spec.rendezvous)
+
+        def lookup(rank: int) -> str:
+            key = _key(attempt, f"feed/{rank}")
+            deadline = time.monotonic() + spec.timeout
+            while not store.check([key]):
+                if store.check([_key(attempt, "first_error")]):
+                    raise WorkerError("A PyTorch worker failed before it could receive data")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"PyTorch worker rank {rank} did not start receiving data within "
+                        f"{spec.timeout:.0f} s (fewer free task slots than world_size="
+                        f"{spec.world_size}, or the worker died at start-up)")
+                time.sleep(0.01)
+            return store.get(key).decode()
+
+        def sent(rank: int, rows: int) -> None:
+            store.add(_key(attempt, f"fed/{rank}"), rows)
+
+        return FeedSender(spec.world_size, self._subtask, spec.timeout, lookup, sent)
+
+    def eval(self, *series: pd.Series) -> pd.Series:
+        spec = self._spec
+        try:
+            if self._sender is None:
+                self._sender = self._start()
+            types = [DataType.from_name(t) for t in spec.input_types]
+            columns = columns_from_pandas(list(series), spec.input_names, types)
+            self._sender.send(columns)
+        except BaseException as error:
+            self._record(error)
+            raise
+        return pd.Series(np.full(len(series[0]), -1, dtype=np.int32))
+
+    def _record(self, error: BaseException) -> None:
+        """Publish the first feed error, so the client reports it rather than Flink's
+        wrapping of it."""
+        try:
+            store = self._store
+            if store is None:
+                from .rendezvous import connect
+                store = connect(self._spec.rendezvous)
+            if store.add(_key(self._attempt, "feed_errors"), 1) == 1:
+                store.set(_key(self._attempt, "feed_error_type"), type(error).__name__)
+                store.set(_key(self._attempt, "feed_error"), f"{type(error).__name__}: {error}")
+        except Exception:  # the client is gone; Flink still reports the error
+            pass
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
 
 
 class NodeFunction(AggregateFunction):
-    """A pandas UDAF hosting one PyTorch worker per shard (group)."""
+    """A row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(rowtime)`` hosting one PyTorch
+    worker per shard: open() starts the worker's feed server (its Python process opens at
+    the shard's pad row, so while the input still streams); the window fires at the end of
+    input, when every batch has been delivered, and get_value() runs the node."""
 
     def __init__(self, spec: JobSpec):
         self._spec = spec
         self._subtask = -1
         self._attempt = 0
+        self._server: Optional[FeedServer] = None
+        self._store = None
 
     def open(self, function_context) -> None:
+        from .rendezvous import connect, local_address_towards
+
+        spec = self._spec
         self._subtask = function_context.get_index_of_this_subtask()
         self._attempt = function_context.get_attempt_number()
+        start_orphan_guard()
+        self._store = connect(spec.rendezvous)
+        self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
+        self._store.set(_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
+        announce_deployed(spec, self._subtask, self._store)
         import torch.distributed  # noqa: F401  (import while the input is still arriving)
-        announce_deployed(self._spec, self._subtask)
 
     def create_accumulator(self):
-        return []
+        return [-1]
 
-    def accumulate(self, accumulator, shard: pd.Series, pad: pd.Series, *series: pd.Series):
-        import time
-        received = time.time()
-        spec = self._spec
-        keys = shard.unique()
-        if len(keys) != 1:
-            raise RuntimeError(f"One group holds several shard keys {list(keys)}")
-        rank = spec.key_to_rank[int(keys[0])]
-        data = ~pad.to_numpy(dtype=bool)
-        types = [DataType.from_name(t) for t in spec.input_types]
+    def get_accumulator_type(self):
+        return DataTypes.ARRAY(DataTypes.INT())
 
-        def columns():
-            return columns_from_pandas([s[data].reset_index(drop=True) for s in series],
-                                       spec.input_names, types)
+    def get_result_type(self):
+        return DataTypes.BYTES()
 
-        result = run_node(spec, rank, self._subtask, self._attempt, columns)
-        result.update(received_at=received)
-        accumulator.append(pickle.dumps(result))
+    def accumulate(self, accumulator, shard):
+        accumulator[0] = shard
 
     def get_value(self, accumulator):
-        return accumulator[0]
+        received = time.time()
+        spec, server, store = self._spec, self._server, self._store
+        rank = spec.key_to_rank[int(accumulator[0])]
+
+        def columns():
+            expected = store.add(_key(self._attempt, f"fed/{rank}"), 0)
+            if expected == 0:  # an empty shard (tiny input): typed empty columns
+                types = [DataType.from_name(t) for t in spec.input_types]
+                return columns_from_pandas([pd.Series([], dtype=object) for _ in types],
+                                           spec.input_names, types)
+            return server.columns(expected)
+
+        try:
+            result = run_node(spec, rank, self._subtask, self._attempt, columns)
+        finally:
+            server.close()
+        result.update(received_at=received, first_batch_at=server.first_batch_at)
+        return pickle.dumps(result)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 class ExplodeRows(TableFunction):
@@ -186,15 +269,35 @@ def explode_rows_udtf(output_types: List[DataType]):
 
 
 def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> Table:
-    """A table with one row (rank, result bytes) per worker, produced when the job runs."""
-    types = [DataType.from_name(t) for t in spec.input_types]
-    view = sharded_view(t_env, table, spec.input_names, types, keys)
-    function = udaf(NodeFunction(spec), result_type=DataTypes.BYTES(), func_type="pandas")
-    name = f"_ftm_node_{uuid.uuid4().hex[:10]}"
-    t_env.create_temporary_function(name, function)
-    args = ", ".join([SHARD, PAD] + [_quote(n) for n in spec.input_names])
+    """A table with one row (shard key, result bytes) per worker, produced when the job runs.
+
+    The input goes through ``FeedFunction`` (batches to the workers while the source runs);
+    its output is filtered away, so the workers' operator sees only one pad row per shard
+    (which opens it at job start and makes every rank run) and the end-of-input watermark,
+    which passes the feed only after its last batch was acknowledged."""
+    tag = uuid.uuid4().hex[:10]
+    source = f"_ftm_src_{tag}"
+    t_env.create_temporary_view(source, table)
+    feed = f"_ftm_feed_{tag}"
+    t_env.create_temporary_function(feed, udf(FeedFunction(spec), result_type=DataTypes.INT(),
+                                              func_type="pandas"))
+    args = ", ".join(_quote(n) for n in spec.input_names)
+    pad_rows = ", ".join(f"({k})" for k in keys)
+    union = t_env.sql_query(
+        f"SELECT {SHARD} FROM (SELECT {feed}({args}) AS {SHARD} FROM {source}) "
+        f"WHERE {SHARD} >= 0 "
+        f"UNION ALL SELECT CAST(k + RAND_INTEGER(1) AS INT) AS {SHARD} "
+        f"FROM (VALUES {pad_rows}) AS pads(k)")
+    timed = t_env.from_data_stream(t_env.to_data_stream(union), Schema.new_builder()
+                                   .column_by_expression(ROWTIME, "TO_TIMESTAMP_LTZ(0, 3)")
+                                   .watermark(ROWTIME, ROWTIME)
+                                   .build())
+    view = f"_ftm_sharded_{tag}"
+    t_env.create_temporary_view(view, timed)
+    node = f"_ftm_node_{tag}"
+    t_env.create_temporary_function(node, udaf(NodeFunction(spec)))
     return t_env.sql_query(
-        f"SELECT {SHARD} AS `shard`, {name}({args}) AS `node_result` FROM {view} "
+        f"SELECT {SHARD} AS `shard`, {node}({SHARD}) AS `node_result` FROM {view} "
         f"GROUP BY {SHARD}, TUMBLE({ROWTIME}, INTERVAL '1' DAY)")
 
 

@@ -180,6 +180,13 @@ class _Run:
                 type_name = store.get(f"a{attempt}/error_type/{rank}").decode()
                 return _worker_error_class(type_name)(
                     f"PyTorch worker rank {rank} of {self.spec.world_size} failed: {text}")
+        for attempt in range(4):
+            if store.check([f"a{attempt}/feed_error"]):
+                text = store.get(f"a{attempt}/feed_error").decode()
+                type_name = store.get(f"a{attempt}/feed_error_type").decode()
+                return _worker_error_class(type_name)(
+                    f"Feeding the input table to the {self.spec.world_size} PyTorch workers "
+                    f"failed: {text}")
         if "NoResourceAvailableException" in message:
             return WorkerError(
                 f"Flink could not give the job {self.spec.world_size} task slots at once "

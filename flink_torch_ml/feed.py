@@ -1,0 +1,194 @@
+"""The data plane from Flink to the PyTorch workers: columnar batches shipped over TCP while the
+source still runs, so a worker's shard is in its memory when the input ends.
+
+A ``FeedServer`` runs in each worker's Python process; ``FeedSender`` runs in the Python
+processes of the operator that reads the table (its vectorized UDF gets Arrow batches from
+Flink). The sender looks the server's address up in the run's store, sends each batch as one
+length-prefixed frame and waits for the server's acknowledgement, so every batch a sender's
+call returned for is in a worker's memory. Every wait is bounded. Free of Flink imports.
+"""
+
+import pickle
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["FeedServer", "FeedSender", "FeedError"]
+
+_HEADER = struct.Struct("<Q")
+_ACK = b"\x01"
+
+
+class FeedError(ConnectionError):
+    """A batch could not be delivered to a PyTorch worker, or arrived damaged."""
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> Optional[memoryview]:
+    """``size`` bytes from ``sock``; None at a clean end of stream before the first byte."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            if got == 0:
+                return None
+            raise FeedError(f"the connection closed after {got} of {size} bytes of a batch")
+        got += n
+    return view
+
+
+class FeedServer:
+    """Receives the batches of one worker's shard; one thread per connected sender."""
+
+    def __init__(self, address: str, timeout: float):
+        self._sock = socket.create_server((address, 0))
+        self.address = f"{address}:{self._sock.getsockname()[1]}"
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._batches: List[List[np.ndarray]] = []
+        self.rows = 0
+        self.first_batch_at: Optional[float] = None
+        self.error: Optional[BaseException] = None
+        self._closed = False
+        self._connections: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name="ftm-feed-accept").start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="ftm-feed-recv").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                while True:
+                    header = _recv_exactly(conn, _HEADER.size)
+                    if header is None:
+                        return
+                    (size,) = _HEADER.unpack(header)
+                    payload = _recv_exactly(conn, size)
+                    if payload is None:
+                        raise FeedError("the connection closed before a batch's payload")
+                    columns = pickle.loads(payload)
+                    with self._lock:
+                        self._batches.append(columns)
+                        self.rows += len(columns[0]) if columns else 0
+                        if self.first_batch_at is None:
+                            self.first_batch_at = time.time()
+                    conn.sendall(_ACK)
+        except BaseException as error:  # noqa: BLE001 - reported at end of input
+            if not self._closed:
+                with self._lock:
+                    self.error = self.error or error
+
+    def columns(self, expected_rows: int) -> List[np.ndarray]:
+        """The whole shard, column by column, once ``expected_rows`` rows have arrived (they
+        have when every sender's call returned; the wait only covers a late acknowledgement)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            with self._lock:
+                if self.error is not None:
+                    raise FeedError(f"Receiving the shard failed: {self.error!r}") \
+                        from self.error
+                if self.rows >= expected_rows:
+                    batches, rows = list(self._batches), self.rows
+                    break
+            if time.monotonic() > deadline:
+                raise FeedError(f"Only {self.rows} of the {expected_rows} rows sent to this "
+                                f"worker arrived within {self._timeout:.0f} s")
+            time.sleep(0.01)
+        if rows != expected_rows:
+            raise FeedError(f"This worker received {rows} rows, but the senders reported "
+                            f"{expected_rows}: a batch was delivered twice")
+        if not batches:
+            return []
+        if len(batches) == 1:
+            return batches[0]
+        return [np.concatenate(parts) for parts in zip(*batches)]
+
+    def close(self) -> None:
+        """Stop receiving (senders still connected get an error) and free the batches."""
+        with self._lock:
+            self._closed = True
+            self._batches = []
+            sockets, self._connections = [self._sock] + self._connections, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept/recv
+            except OSError:
+                pass
+            sock.close()
+
+
+class FeedSender:
+    """Ships batches to the workers' servers, round-robin, so any number of senders gives
+    every worker a near-equal share. ``lookup(rank)`` returns a worker's ``host:port`` (it
+    waits, bounded, until the worker published it); ``sent(rank, rows)`` records each
+    delivered batch (the worker checks the total at end of input)."""
+
+    def __init__(self, world_size: int, first_target: int, timeout: float,
+                 lookup: Callable[[int], str], sent: Callable[[int, int], None]):
+        self._world_size = world_size
+        self._next = first_target % world_size
+        self._timeout = timeout
+        self._lookup, self._sent = lookup, sent
+        self._connections: Dict[int, Tuple[socket.socket, str]] = {}
+
+    def send(self, columns: List[np.ndarray]) -> int:
+        """Deliver one batch to the next worker; returns that worker's rank."""
+        rank = self._next
+        self._next = (self._next + 1) % self._world_size
+        rows = len(columns[0]) if columns else 0
+        payload = pickle.dumps(columns, protocol=5)
+        conn, address = self._connection(rank)
+        try:
+            conn.sendall(_HEADER.pack(len(payload)))
+            conn.sendall(payload)
+            ack = conn.recv(1)
+        except OSError as error:
+            self._drop(rank)
+            raise FeedError(f"Sending {rows} rows to PyTorch worker rank {rank} at {address} "
+                            f"failed ({error!r}): the worker died or does not answer within "
+                            f"{self._timeout:.0f} s") from error
+        if ack != _ACK:
+            self._drop(rank)
+            raise FeedError(f"PyTorch worker rank {rank} at {address} closed the connection "
+                            f"instead of acknowledging {rows} rows (it failed; see its error)")
+        self._sent(rank, rows)
+        return rank
+
+    def _connection(self, rank: int) -> Tuple[socket.socket, str]:
+        if rank not in self._connections:
+            address = self._lookup(rank)
+            host, port = address.rsplit(":", 1)
+            try:
+                conn = socket.create_connection((host, int(port)), timeout=self._timeout)
+            except OSError as error:
+                raise FeedError(f"Could not connect to PyTorch worker rank {rank} at {address} "
+                                f"({error!r})") from error
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connections[rank] = (conn, address)
+        return self._connections[rank]
+
+    def _drop(self, rank: int) -> None:
+        conn, _ = self._connections.pop(rank, (None, None))
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for rank in list(self._connections):
+            self._drop(rank)

@@ -1,0 +1,99 @@
+"""The data plane to the workers (feed.py), over real sockets, without Flink."""
+
+import socket
+import struct
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from flink_torch_ml.feed import FeedError, FeedSender, FeedServer
+
+
+def _batch(start: int, rows: int):
+    ids = np.arange(start, start + rows, dtype=np.int64)
+    return [ids, ids.astype(np.float32) / 2, np.stack([ids, ids]).T.astype(np.float32),
+            np.array([f"s{i}" for i in ids], dtype=object)]
+
+
+def _senders(servers, count, timeout=5.0):
+    sent = Counter()
+
+    def record(rank, rows):
+        sent[rank] += rows
+
+    senders = [FeedSender(len(servers), first, timeout, lambda r: servers[r].address, record)
+               for first in range(count)]
+    return senders, sent
+
+
+def test_every_row_reaches_exactly_one_worker_in_near_equal_shares():
+    servers = [FeedServer("127.0.0.1", 5.0) for _ in range(2)]
+    senders, sent = _senders(servers, 3)
+    start = 0
+    for i in range(7):  # 7 batches per sender, 3 senders, 2 workers
+        for sender in senders:
+            sender.send(_batch(start, 10 + i))
+            start += 10 + i
+    shards = [s.columns(sent[r]) for r, s in enumerate(servers)]
+    ids = np.concatenate([shard[0] for shard in shards])
+    assert sorted(ids.tolist()) == list(range(start))  # each row once, none lost
+    assert abs(len(shards[0][0]) - len(shards[1][0])) <= 3 * 16  # one batch per sender at most
+    for shard in shards:  # columns stay aligned, dtypes and shapes kept
+        assert shard[1].dtype == np.float32 and np.allclose(shard[1], shard[0] / 2)
+        assert shard[2].shape == (len(shard[0]), 2)
+        assert list(shard[3][:2]) == [f"s{i}" for i in shard[0][:2]]
+    for s in senders:
+        s.close()
+    for s in servers:
+        s.close()
+
+
+def test_missing_rows_fail_after_the_timeout_instead_of_waiting_forever():
+    server = FeedServer("127.0.0.1", 0.3)
+    senders, sent = _senders([server], 1)
+    senders[0].send(_batch(0, 5))
+    with pytest.raises(FeedError, match="Only 5 of the 9 rows"):
+        server.columns(9)
+    assert len(server.columns(sent[0])[0]) == 5
+    server.close()
+
+
+def test_more_rows_than_reported_is_an_error():
+    server = FeedServer("127.0.0.1", 1.0)
+    senders, _ = _senders([server], 1)
+    senders[0].send(_batch(0, 5))
+    with pytest.raises(FeedError, match="received 5 rows, but the senders reported 4"):
+        server.columns(4)
+    server.close()
+
+
+def test_a_dead_worker_fails_the_sender_naming_rank_and_address():
+    servers = [FeedServer("127.0.0.1", 1.0) for _ in range(2)]
+    address = servers[1].address
+    senders, _ = _senders(servers, 1)
+    senders[0].send(_batch(0, 3))  # to rank 0
+    servers[1].close()
+    with pytest.raises(FeedError, match=f"rank 1 at {address}"):
+        senders[0].send(_batch(3, 3))
+    servers[0].close()
+
+
+def test_a_damaged_frame_is_reported_by_the_worker_and_not_acknowledged():
+    server = FeedServer("127.0.0.1", 1.0)
+    host, port = server.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2) as conn:
+        conn.sendall(struct.pack("<Q", 4) + b"junk")
+        assert conn.recv(1) == b""  # closed, no acknowledgement
+    with pytest.raises(FeedError, match="Receiving the shard failed"):
+        server.columns(1)
+    server.close()
+
+
+def test_a_lookup_error_reaches_the_caller():
+    def lookup(rank):
+        raise TimeoutError(f"rank {rank} never published its address")
+
+    sender = FeedSender(2, 1, 1.0, lookup, lambda r, n: None)
+    with pytest.raises(TimeoutError, match="rank 1 never published"):
+        sender.send(_batch(0, 1))
