@@ -14,6 +14,7 @@ Mechanism (see ../shared/ARCHITECTURE.md and the README's "How training runs"):
 import os
 import pickle
 import sys
+import threading
 import time
 import uuid
 from typing import List, Optional, Tuple
@@ -193,6 +194,17 @@ class FeedFunction(ScalarFunction):
             self._sender.close()
 
 
+def _warm_up_torch() -> None:
+    """Import what training entries need while the input is still arriving: creating the
+    first optimizer imports torch._dynamo, over a second on a small machine."""
+    try:
+        import torch._dynamo  # noqa: F401
+        import torch.distributed  # noqa: F401
+        import torch.optim  # noqa: F401
+    except Exception:  # only a warm-up: the entry's own import reports any real problem
+        pass
+
+
 class NodeFunction(AggregateFunction):
     """A row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(rowtime)`` hosting one PyTorch
     worker per shard: open() starts the worker's feed server (its Python process opens at
@@ -205,6 +217,7 @@ class NodeFunction(AggregateFunction):
         self._attempt = 0
         self._server: Optional[FeedServer] = None
         self._store = None
+        self._warm_up: Optional[threading.Thread] = None
 
     def open(self, function_context) -> None:
         from .rendezvous import connect, local_address_towards
@@ -217,7 +230,10 @@ class NodeFunction(AggregateFunction):
         self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
         self._store.set(_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
         announce_deployed(spec, self._subtask, self._store)
-        import torch.distributed  # noqa: F401  (import while the input is still arriving)
+        if spec.output_types is None:  # a training run: its entry will create an optimizer
+            self._warm_up = threading.Thread(target=_warm_up_torch, daemon=True,
+                                             name="ftm-warm-up")
+            self._warm_up.start()
 
     def create_accumulator(self):
         return [-1]
@@ -244,6 +260,8 @@ class NodeFunction(AggregateFunction):
                                            spec.input_names, types)
             return server.columns(expected)
 
+        if self._warm_up is not None:  # no imports in two threads at once (import deadlocks)
+            self._warm_up.join(spec.timeout)
         try:
             result = run_node(spec, rank, self._subtask, self._attempt, columns)
         finally:
