@@ -166,6 +166,22 @@ def test_every_row_seen_exactly_once_per_epoch(stream_env, tmp_path):
     assert min(r["rows"] for r in results) > 0  # both shards got data
 
 
+def test_input_reaches_the_workers_while_the_source_still_runs(stream_env, tmp_path):
+    """The shard streams in: with a source throttled to last about 6 s, each worker holds its
+    first batch long before the end of input, and still every row arrives exactly once."""
+    n = 120_000
+    stream_env.execute_sql("DROP TEMPORARY TABLE IF EXISTS slow_src")
+    stream_env.execute_sql(f"""CREATE TEMPORARY TABLE slow_src (id BIGINT, v DOUBLE) WITH (
+        'connector' = 'datagen', 'rows-per-second' = '20000', 'fields.id.kind' = 'sequence',
+        'fields.id.start' = '0', 'fields.id.end' = '{n - 1}')""")
+    cfg = config(count_entry, 2, "INT_64,FLOAT_64", out_dir=str(tmp_path), epochs=1)
+    results = pytorch_utils.train(None, cfg, stream_env.from_path("slow_src"))
+    ranks = read_ranks(tmp_path, 2)
+    assert sorted(i for r in ranks for i in r["epochs"][0]) == list(range(n))
+    for r in results:  # received_at: the end of input reached the worker
+        assert r["rows"] > 0 and r["first_batch_at"] < r["received_at"] - 1.0, r
+
+
 def test_statement_set_runs_lazily(stream_env, tmp_path):
     statement_set = stream_env.create_statement_set()
     assert pytorch_utils.train(statement_set, config(train_entry, 2, out_dir=str(tmp_path)),
