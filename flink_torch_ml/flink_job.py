@@ -306,7 +306,17 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
         f"WHERE {SHARD} >= 0 "
         f"UNION ALL SELECT CAST(k + RAND_INTEGER(1) AS INT) AS {SHARD} "
         f"FROM (VALUES {pad_rows}) AS pads(k)")
-    timed = t_env.from_data_stream(t_env.to_data_stream(union), Schema.new_builder()
+    try:
+        stream = t_env.to_data_stream(union)
+    except Exception as error:
+        if "doesn't support consuming update changes" not in str(error):
+            raise
+        raise SchemaError("The input table is an updating table (the result of a GROUP BY, "
+                          "JOIN or similar that changes rows it emitted earlier); the workers "
+                          "read every row once, so they need an insert-only table: aggregate "
+                          "over a window, or write the result to a table and read that") \
+            from None
+    timed = t_env.from_data_stream(stream, Schema.new_builder()
                                    .column_by_expression(ROWTIME, "TO_TIMESTAMP_LTZ(0, 3)")
                                    .watermark(ROWTIME, ROWTIME)
                                    .build())

@@ -295,6 +295,13 @@ def test_input_types_must_match_the_table(stream_env):
         pytorch_utils.train(None, config(train_entry, 2, "FLOAT_32,FLOAT_64"), table)
 
 
+def test_updating_table_is_refused_before_submission(stream_env):
+    t = stream_env.from_elements([(i % 3, float(i)) for i in range(30)], ["k", "v"])
+    updating = t.group_by(col("k")).select(col("v").avg.alias("a"), col("v").sum.alias("b"))
+    with pytest.raises(SchemaError, match="updating table .* insert-only"):
+        pytorch_utils.train(None, config(train_entry, 1, types="FLOAT_64,FLOAT_64"), updating)
+
+
 def test_batch_mode_environment_is_refused(batch_env):
     table = linear_table(batch_env, 10)
     with pytest.raises(ValueError, match="streaming mode"):
