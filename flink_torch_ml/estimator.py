@@ -255,7 +255,9 @@ class _EstimatorEntry:
 
     def __call__(self, context) -> Optional[Dict[str, Any]]:
         batches = list(context.buffer.iter_batches())
-        columns = [np.concatenate(parts) for parts in zip(*batches)]
+        columns = batches[0] if len(batches) == 1 else [np.concatenate(parts)
+                                                         for parts in zip(*batches)]
+        del batches
         widths = [int(c.shape[1]) if c.ndim == 2 else 1
                   for c in columns[:len(self.settings.feature_cols)]]
         store = context.store

@@ -97,7 +97,8 @@ class FeedServer:
 
     def columns(self, expected_rows: int) -> List[np.ndarray]:
         """The whole shard, column by column, once ``expected_rows`` rows have arrived (they
-        have when every sender's call returned; the wait only covers a late acknowledgement)."""
+        have when every sender's call returned; the wait only covers a late acknowledgement).
+        Hands the batches over: call it once."""
         deadline = time.monotonic() + self._timeout
         while True:
             with self._lock:
@@ -105,7 +106,8 @@ class FeedServer:
                     raise FeedError(f"Receiving the shard failed: {self.error!r}") \
                         from self.error
                 if self.rows >= expected_rows:
-                    batches, rows = list(self._batches), self.rows
+                    batches, rows = self._batches, self.rows
+                    self._batches = []  # the caller owns the shard now: one copy in memory
                     break
             if time.monotonic() > deadline:
                 raise FeedError(f"Only {self.rows} of the {expected_rows} rows sent to this "
@@ -118,7 +120,12 @@ class FeedServer:
             return []
         if len(batches) == 1:
             return batches[0]
-        return [np.concatenate(parts) for parts in zip(*batches)]
+        columns = []
+        for index in range(len(batches[0])):  # column by column, freeing each as it goes
+            columns.append(np.concatenate([batch[index] for batch in batches]))
+            for batch in batches:
+                batch[index] = None
+        return columns
 
     def close(self) -> None:
         """Stop receiving (senders still connected get an error) and free the batches."""
