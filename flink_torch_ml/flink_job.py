@@ -128,6 +128,7 @@ class FeedFunction(ScalarFunction):
         self._store = None
         self._attempt = 0
         self._subtask = 0
+        self._types = [DataType.from_name(t) for t in spec.input_types]
 
     def is_deterministic(self) -> bool:
         return False  # it has a side effect: never fold, reorder or drop its calls
@@ -167,8 +168,7 @@ class FeedFunction(ScalarFunction):
         try:
             if self._sender is None:
                 self._sender = self._start()
-            types = [DataType.from_name(t) for t in spec.input_types]
-            columns = columns_from_pandas(list(series), spec.input_names, types)
+            columns = columns_from_pandas(list(series), spec.input_names, self._types)
             self._sender.send(columns)
         except BaseException as error:
             self._record(error)
