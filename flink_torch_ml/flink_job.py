@@ -28,7 +28,8 @@ from .data_types import DataType
 from .errors import SchemaError
 from .feed import FeedSender, FeedServer
 from .orphan_guard import start_orphan_guard
-from .worker import JobSpec, WorkerError, announce_deployed, columns_from_pandas, run_node
+from .worker import (FEED, JobSpec, WorkerError, announce_deployed, columns_from_pandas,
+                     record_error, run_node)
 
 __all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
            "MAX_PARALLELISM"]
@@ -149,7 +150,7 @@ class FeedFunction(ScalarFunction):
             deadline = time.monotonic() + spec.timeout
             while not store.check([key]):
                 if store.check([_key(attempt, "first_error")]):
-                    raise WorkerError("A PyTorch worker failed before it could receive data")
+                    raise WorkerError(f"The run failed before rank {rank} could receive data")
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"PyTorch worker rank {rank} did not start receiving data within "
@@ -176,16 +177,14 @@ class FeedFunction(ScalarFunction):
         return pd.Series(np.full(len(series[0]), -1, dtype=np.int32))
 
     def _record(self, error: BaseException) -> None:
-        """Publish the first feed error, so the client reports it rather than Flink's
-        wrapping of it."""
+        """Record the error like a worker's, so the client reports it rather than Flink's
+        wrapping of it (a worker's own earlier error stays the one reported)."""
         try:
-            store = self._store
-            if store is None:
+            if self._store is None:
                 from .rendezvous import connect
-                store = connect(self._spec.rendezvous)
-            if store.add(_key(self._attempt, "feed_errors"), 1) == 1:
-                store.set(_key(self._attempt, "feed_error_type"), type(error).__name__)
-                store.set(_key(self._attempt, "feed_error"), f"{type(error).__name__}: {error}")
+                self._store = connect(self._spec.rendezvous)
+            record_error(self._store, self._attempt, FEED, f"{type(error).__name__}: {error}",
+                         type(error).__name__)
         except Exception:  # the client is gone; Flink still reports the error
             pass
 
@@ -229,7 +228,7 @@ class NodeFunction(AggregateFunction):
         self._store = connect(spec.rendezvous)
         self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
         self._store.set(_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
-        announce_deployed(spec, self._subtask, self._store)
+        announce_deployed(self._store)
         if spec.output_types is None:  # a training run: its entry will create an optimizer
             self._warm_up = threading.Thread(target=_warm_up_torch, daemon=True,
                                              name="ftm-warm-up")

@@ -23,7 +23,7 @@ from .errors import SchemaError
 from .flink_job import (_is_local, check_environment, check_input_types, explode_rows_udtf,
                         node_results_table, shard_keys)
 from .rendezvous import RendezvousServer
-from .worker import JobSpec, TaskManagerLostError, WorkerError
+from .worker import FEED, JobSpec, TaskManagerLostError, WorkerError
 
 __all__ = ["train", "inference"]
 
@@ -175,18 +175,13 @@ class _Run:
         for attempt in range(4):
             key = f"a{attempt}/first_error"
             if store.check([key]):
-                rank = int(store.get(key).decode())
+                rank = store.get(key).decode()
                 text = store.get(f"a{attempt}/error/{rank}").decode()
                 type_name = store.get(f"a{attempt}/error_type/{rank}").decode()
-                return _worker_error_class(type_name)(
-                    f"PyTorch worker rank {rank} of {self.spec.world_size} failed: {text}")
-        for attempt in range(4):
-            if store.check([f"a{attempt}/feed_error"]):
-                text = store.get(f"a{attempt}/feed_error").decode()
-                type_name = store.get(f"a{attempt}/feed_error_type").decode()
-                return _worker_error_class(type_name)(
-                    f"Feeding the input table to the {self.spec.world_size} PyTorch workers "
-                    f"failed: {text}")
+                what = (f"PyTorch worker rank {rank} of {self.spec.world_size} failed"
+                        if rank != FEED else f"Feeding the input table to the "
+                        f"{self.spec.world_size} PyTorch workers failed")
+                return _worker_error_class(type_name)(f"{what}: {text}")
         if "NoResourceAvailableException" in message:
             return WorkerError(
                 f"Flink could not give the job {self.spec.world_size} task slots at once "

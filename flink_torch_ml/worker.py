@@ -26,10 +26,12 @@ from .rendezvous import RendezvousInfo, connect
 from .shard import DataWriter, ShardBuffer, balance_plan
 
 __all__ = ["JobSpec", "WorkerError", "TaskManagerLostError", "run_node", "announce_deployed",
-           "columns_from_pandas"]
+           "columns_from_pandas", "record_error", "FEED"]
 
 #: seconds a failing rank waits for a peer's earlier error, to report the root cause
 PEER_ERROR_GRACE = 3.0
+#: who recorded an error, when it was not a rank but the operator feeding them input
+FEED = "feed"
 
 
 class WorkerError(FlinkTorchMLError, RuntimeError):
@@ -203,9 +205,7 @@ class _Run:
             time.sleep(0.1)
 
     def fail(self, rank: int, text: str, type_name: str = "") -> None:
-        self.store.set(self.key(f"error_type/{rank}"), type_name)
-        self.store.set(self.key(f"error/{rank}"), text)
-        self.store.compare_set(self.key("first_error"), "", str(rank))
+        record_error(self.store, self.attempt, rank, text, type_name)
 
     def start_watchdog(self, rank: int, grace: float = 10.0) -> threading.Event:
         """A daemon thread guarding this worker while it runs:
@@ -276,12 +276,19 @@ class _Run:
             time.sleep(0.05)
 
 
-def announce_deployed(spec: JobSpec, subtask: int, store=None) -> None:
+def record_error(store, attempt: int, who: Union[int, str], text: str,
+                 type_name: str = "") -> None:
+    """Record an error of a rank (or of the ``FEED``); the client reports the first one."""
+    store.set(f"a{attempt}/error_type/{who}", type_name)
+    store.set(f"a{attempt}/error/{who}", text)
+    store.compare_set(f"a{attempt}/first_error", "", str(who))
+
+
+def announce_deployed(store) -> None:
     """Tell the client this subtask is deployed (called from the operator's open(), before
     any data): the client cancels a run whose W subtasks were not all deployed in time,
-    which is how too few free slots on a cluster shows. Fails early, naming the address,
-    when the rendezvous store cannot be reached from this TaskManager."""
-    (store or connect(spec.rendezvous)).add("deployed", 1)
+    which is how too few free slots on a cluster shows."""
+    store.add("deployed", 1)
 
 
 def run_node(spec: JobSpec, rank: int, subtask: int, attempt: int,
