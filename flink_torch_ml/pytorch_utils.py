@@ -172,16 +172,26 @@ class _Run:
                 f"run did not finish. Check that TaskManager's log (killed, out of memory?) and "
                 f"run again")
         store = self.server.store()
-        for attempt in range(4):
-            key = f"a{attempt}/first_error"
-            if store.check([key]):
-                rank = store.get(key).decode()
-                text = store.get(f"a{attempt}/error/{rank}").decode()
-                type_name = store.get(f"a{attempt}/error_type/{rank}").decode()
-                what = (f"PyTorch worker rank {rank} of {self.spec.world_size} failed"
-                        if rank != FEED else f"Feeding the input table to the "
-                        f"{self.spec.world_size} PyTorch workers failed")
-                return _worker_error_class(type_name)(f"{what}: {text}")
+        crashed = _python_worker_crashed(message)
+        # at once: Flink tears the other workers down next
+        dead = self._dead_workers(store) if crashed else []
+        # A crash fails the job at once; the error a worker or the feed records about it
+        # (naming the rank) may come a moment later.
+        deadline = time.monotonic() + (CRASH_REPORT_GRACE if crashed else 0)
+        while True:
+            recorded = self._recorded_error(store)
+            if recorded is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if recorded is not None:
+            return recorded
+        if crashed:
+            who = (f"PyTorch worker rank(s) {dead} of {self.spec.world_size}" if dead else
+                   f"A Python worker process of this {self.spec.world_size}-worker run")
+            return WorkerError(
+                f"{who}: the Python process died (killed, or out of memory?) while the job "
+                f"ran, so the job failed ({crashed}). Check the TaskManager's log and the "
+                f"memory left for Python workers (taskmanager.memory.process.size)")
         if "NoResourceAvailableException" in message:
             return WorkerError(
                 f"Flink could not give the job {self.spec.world_size} task slots at once "
@@ -193,6 +203,34 @@ class _Run:
                 tail = message.split(marker, 1)[1].split("\n\tat ", 1)[0]
                 return WorkerError(tail.strip())
         return error
+
+
+    def _recorded_error(self, store) -> Optional[WorkerError]:
+        """The first error a worker (or the feed) recorded, as the exception to raise."""
+        for attempt in range(4):
+            key = f"a{attempt}/first_error"
+            if store.check([key]):
+                who = store.get(key).decode()
+                text = store.get(f"a{attempt}/error/{who}").decode()
+                type_name = store.get(f"a{attempt}/error_type/{who}").decode()
+                what = (f"PyTorch worker rank {who} of {self.spec.world_size} failed"
+                        if who != FEED else f"Feeding the input table to the "
+                        f"{self.spec.world_size} PyTorch workers failed")
+                return _worker_error_class(type_name)(f"{what}: {text}")
+        return None
+
+    def _dead_workers(self, store) -> List[int]:
+        """Ranks whose Python process (on this host) is gone; [] when none can be told."""
+        from .orphan_guard import process_alive
+
+        host, dead = os.uname().nodename, []
+        for rank in range(self.spec.world_size):
+            key = f"a0/process/{rank}"
+            if store.check([key]):
+                node, pid = store.get(key).decode().rsplit(":", 1)
+                if node == host and not process_alive(int(pid)):
+                    dead.append(rank)
+        return dead if len(dead) < self.spec.world_size else []
 
 
 class _DeploymentWatch:
@@ -235,6 +273,25 @@ _LOST_PATTERNS = (
     r"The TaskExecutor is shutting down[^\n]*",
     r"Lost connection to task manager[^\n]*",
 )
+
+
+#: seconds the client waits for a worker's own report after a Python worker crashed
+CRASH_REPORT_GRACE = 2.0
+
+_CRASH_PATTERNS = (
+    r"Python process exits with code[^\n]*",
+    r"StatusRuntimeException: CANCELLED: client cancelled",
+    r"SDK harness [^\n]*disconnected[^\n]*",
+)
+
+
+def _python_worker_crashed(message: str) -> Optional[str]:
+    """The line of a Flink job failure that says a Python worker process went away."""
+    for pattern in _CRASH_PATTERNS:
+        found = re.search(pattern, message)
+        if found:
+            return found.group(0).strip()
+    return None
 
 
 def _task_manager_lost(message: str) -> Optional[str]:

@@ -3,6 +3,9 @@ its own process with a disjoint shard, real gloo all-reduce, and every failure m
 
 import json
 import os
+import re
+import signal
+import threading
 import time
 
 import pytest
@@ -237,14 +240,77 @@ def test_worker_that_hangs_or_dies_makes_others_time_out(stream_env, how):
                             linear_table(stream_env, 200))
     elapsed = time.monotonic() - start
     assert elapsed < 60, elapsed
+    assert isinstance(raised.value, WorkerError)
     if how == "hang":
-        assert isinstance(raised.value, WorkerError)
         assert "rank 0" in str(raised.value)
+    else:  # rank 1's process ended: named by rank 0's timeout or by its own death
+        assert re.search(r"rank\(s\) \[1\]|rank 1\b", str(raised.value)), raised.value
     # nothing is left running: the stuck worker ends itself once its run has failed
     deadline = time.monotonic() + 30
     while python_workers() and time.monotonic() < deadline:
         time.sleep(1)
     assert python_workers() == []
+
+
+def test_worker_killed_while_its_input_arrives_is_named(stream_env, tmp_path):
+    """kill -9 rank 1's Python process once it has received data, while the source still
+    runs: the run fails fast with a WorkerError naming rank 1, and nothing is left behind."""
+    n = 200_000  # 10 s of input at 20,000 rows/s
+    stream_env.execute_sql("DROP TEMPORARY TABLE IF EXISTS slow_src2")
+    stream_env.execute_sql(f"""CREATE TEMPORARY TABLE slow_src2 (id BIGINT, v DOUBLE) WITH (
+        'connector' = 'datagen', 'rows-per-second' = '20000', 'fields.id.kind' = 'sequence',
+        'fields.id.start' = '0', 'fields.id.end' = '{n - 1}')""")
+    outcome = {}
+
+    def run():
+        try:
+            outcome["results"] = pytorch_utils.train(
+                None, config(count_entry, 2, "INT_64,FLOAT_64", timeout=30,
+                             out_dir=str(tmp_path), epochs=1), stream_env.from_path("slow_src2"))
+        except Exception as error:  # noqa: BLE001 - inspected below
+            outcome["error"] = error
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not pytorch_utils._SERVERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    store = pytorch_utils._SERVERS[-1].store()
+    while not store.check(["a0/fed/1"]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # rank 1 has acknowledged data
+    port = int(store.get("a0/feed/1").decode().rsplit(":", 1)[1])
+    victim = pid_listening_on(port)
+    assert victim is not None and victim != os.getpid()
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    runner.join(90)
+    assert not runner.is_alive()
+    assert time.monotonic() - killed < 30
+    error = outcome.get("error")
+    assert isinstance(error, WorkerError), outcome
+    assert re.search(r"rank 1 at 127\.0\.0\.1:\d+|rank\(s\) \[1\]", str(error)), error
+    deadline = time.monotonic() + 30
+    while python_workers() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert python_workers() == []
+
+
+def pid_listening_on(port):
+    """The pid of the process with a TCP socket listening on ``port`` (IPv4), from /proc."""
+    sockets = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets
+                   for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue
+    return None
 
 
 def python_workers():
