@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["FeedServer", "FeedSender", "FeedError"]
+__all__ = ["FeedServer", "FeedSender", "FeedError", "LivenessWatch"]
 
 _HEADER = struct.Struct("<Q")
 _ACK = b"\x01"
@@ -199,3 +199,78 @@ class FeedSender:
     def close(self) -> None:
         for rank in list(self._connections):
             self._drop(rank)
+
+
+class LivenessWatch:
+    """Holds an idle connection to every worker's feed server (``addresses()`` returns the
+    ones published so far): when a worker's process dies, its kernel closes the connection at
+    once, so the client can tell which rank died first, on any host it can reach."""
+
+    def __init__(self, addresses: Callable[[], Dict[int, str]], poll: float = 0.1):
+        import selectors
+
+        self.died: Dict[int, int] = {}  # rank -> the watch's wake-up that saw it go
+        self._wakes: List[float] = []
+        self._blind = False  # some worker could not be watched: never name a rank
+        self._stop = threading.Event()
+        selector = selectors.DefaultSelector()
+        watched: Dict[int, socket.socket] = {}
+
+        def run():
+            try:
+                while not self._stop.is_set():
+                    try:
+                        published = addresses()
+                    except Exception:  # the store is gone: the run is over
+                        return
+                    for rank, address in published.items():
+                        if rank in watched or rank in self.died:
+                            continue
+                        host, port = address.rsplit(":", 1)
+                        try:
+                            conn = socket.create_connection((host, int(port)), timeout=1.0)
+                        except ConnectionRefusedError:  # published, nobody listens: gone
+                            self.died.setdefault(rank, len(self._wakes))
+                            self._wakes.append(time.monotonic())
+                            continue
+                        except OSError:  # unreachable from the client: cannot tell
+                            watched[rank] = None
+                            self._blind = True
+                            continue
+                        watched[rank] = conn
+                        selector.register(conn, selectors.EVENT_READ, rank)
+                    if not selector.get_map():
+                        self._stop.wait(poll)
+                        continue
+                    events = selector.select(timeout=poll)
+                    wake = len(self._wakes)  # connections found closed at the same wake-up
+                    for key, _ in events:
+                        try:
+                            data = key.fileobj.recv(1)
+                        except OSError:
+                            data = b""
+                        if not data:
+                            self.died.setdefault(key.data, wake)
+                            selector.unregister(key.fileobj)
+                            key.fileobj.close()
+                    if events:
+                        self._wakes.append(time.monotonic())
+            finally:
+                for conn in watched.values():
+                    if conn is not None:
+                        conn.close()
+                selector.close()
+
+        threading.Thread(target=run, daemon=True, name="ftm-liveness-watch").start()
+
+    def first_dead(self) -> List[int]:
+        """The rank(s) whose connection dropped first: the watch wakes up as soon as one
+        drops, so later ones (the job tearing the others down) come at later wake-ups."""
+        died = dict(self.died)
+        if not died or self._blind:
+            return []
+        first = min(died.values())
+        return sorted(r for r, wake in died.items() if wake == first)
+
+    def stop(self) -> None:
+        self._stop.set()

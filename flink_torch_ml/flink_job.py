@@ -228,8 +228,6 @@ class NodeFunction(AggregateFunction):
         self._store = connect(spec.rendezvous)
         self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
         self._store.set(_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
-        self._store.set(_key(self._attempt, f"process/{self._subtask}"),
-                        f"{os.uname().nodename}:{os.getpid()}")
         announce_deployed(self._store)
         if spec.output_types is None:  # a training run: its entry will create an optimizer
             self._warm_up = threading.Thread(target=_warm_up_torch, daemon=True,

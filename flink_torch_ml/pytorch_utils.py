@@ -20,6 +20,7 @@ from pyflink.table.expressions import col
 from .cluster_config import PyTorchClusterConfig
 from .data_types import DataType
 from .errors import SchemaError
+from .feed import LivenessWatch
 from .flink_job import (_is_local, check_environment, check_input_types, explode_rows_udtf,
                         node_results_table, shard_keys)
 from .rendezvous import RendezvousServer
@@ -99,6 +100,7 @@ class _Run:
         _SERVERS.append(self.server)
         keys = shard_keys(world_size)
         self._t_env = t_env
+        self._liveness: Optional[LivenessWatch] = None
         self.spec = JobSpec(
             entry=entry, world_size=world_size, properties=dict(properties),
             input_names=names, input_types=[t.type_name for t in types],
@@ -132,6 +134,7 @@ class _Run:
             submitted = self.results.execute()
             watch = _DeploymentWatch(self.store(), self.spec.world_size, self.spec.timeout,
                                      submitted.get_job_client())
+            self._liveness = LivenessWatch(self._published_feeds(self.store()))
             with submitted.collect() as rows:
                 results = [pickle.loads(row[1]) for row in rows]
         except Exception as error:
@@ -147,6 +150,8 @@ class _Run:
         finally:
             if watch is not None:
                 watch.stop()
+            if self._liveness is not None:
+                self._liveness.stop()
             if self.server in _SERVERS:
                 _SERVERS.remove(self.server)
             if self._previous_parallelism is not None:  # ran now: leave the env as it was
@@ -173,8 +178,6 @@ class _Run:
                 f"run again")
         store = self.server.store()
         crashed = _python_worker_crashed(message)
-        # at once: Flink tears the other workers down next
-        dead = self._dead_workers(store) if crashed else []
         # A crash fails the job at once; the error a worker or the feed records about it
         # (naming the rank) may come a moment later.
         deadline = time.monotonic() + (CRASH_REPORT_GRACE if crashed else 0)
@@ -186,6 +189,7 @@ class _Run:
         if recorded is not None:
             return recorded
         if crashed:
+            dead = self._liveness.first_dead() if self._liveness is not None else []
             who = (f"PyTorch worker rank(s) {dead} of {self.spec.world_size}" if dead else
                    f"A Python worker process of this {self.spec.world_size}-worker run")
             return WorkerError(
@@ -205,6 +209,18 @@ class _Run:
         return error
 
 
+    def _published_feeds(self, store):
+        """A function returning the workers' feed addresses published so far (attempt 0)."""
+        found: Dict[int, str] = {}
+
+        def addresses() -> Dict[int, str]:
+            for rank in range(self.spec.world_size):
+                if rank not in found and store.check([f"a0/feed/{rank}"]):
+                    found[rank] = store.get(f"a0/feed/{rank}").decode()
+            return dict(found)
+
+        return addresses
+
     def _recorded_error(self, store) -> Optional[WorkerError]:
         """The first error a worker (or the feed) recorded, as the exception to raise."""
         for attempt in range(4):
@@ -218,19 +234,6 @@ class _Run:
                         f"{self.spec.world_size} PyTorch workers failed")
                 return _worker_error_class(type_name)(f"{what}: {text}")
         return None
-
-    def _dead_workers(self, store) -> List[int]:
-        """Ranks whose Python process (on this host) is gone; [] when none can be told."""
-        from .orphan_guard import process_alive
-
-        host, dead = os.uname().nodename, []
-        for rank in range(self.spec.world_size):
-            key = f"a0/process/{rank}"
-            if store.check([key]):
-                node, pid = store.get(key).decode().rsplit(":", 1)
-                if node == host and not process_alive(int(pid)):
-                    dead.append(rank)
-        return dead if len(dead) < self.spec.world_size else []
 
 
 class _DeploymentWatch:

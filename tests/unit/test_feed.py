@@ -97,3 +97,50 @@ def test_a_lookup_error_reaches_the_caller():
     sender = FeedSender(2, 1, 1.0, lookup, lambda r, n: None)
     with pytest.raises(TimeoutError, match="rank 1 never published"):
         sender.send(_batch(0, 1))
+
+
+def test_liveness_watch_tells_which_worker_went_away_first():
+    import time
+
+    from flink_torch_ml.feed import LivenessWatch
+
+    servers = [FeedServer("127.0.0.1", 5.0) for _ in range(3)]
+    watch = LivenessWatch(lambda: {r: s.address for r, s in enumerate(servers)}, poll=0.05)
+    time.sleep(0.5)  # connected
+    assert watch.first_dead() == []
+    servers[1].close()
+    deadline = time.monotonic() + 5
+    while not watch.died and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    servers[0].close()  # a later end does not change who went first
+    time.sleep(0.3)
+    assert watch.first_dead() == [1]
+    watch.stop()
+    servers[2].close()
+
+
+def test_liveness_watch_counts_a_refused_address_as_gone_and_an_unreachable_one_as_unknown():
+    import time
+
+    from flink_torch_ml.feed import LivenessWatch
+
+    gone = FeedServer("127.0.0.1", 5.0)
+    address = gone.address
+    gone.close()  # published, then nobody listens
+    alive = FeedServer("127.0.0.1", 5.0)
+    watch = LivenessWatch(lambda: {0: alive.address, 1: address}, poll=0.05)
+    deadline = time.monotonic() + 5
+    while not watch.died and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watch.first_dead() == [1]
+    watch.stop()
+    # a worker the client cannot reach at all: never guess a rank
+    blind = LivenessWatch(lambda: {0: alive.address, 1: "256.0.0.1:9"}, poll=0.05)
+    time.sleep(0.5)
+    alive.close()
+    deadline = time.monotonic() + 5
+    while not blind.died and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert blind.died and blind.first_dead() == []
+    blind.stop()
