@@ -214,7 +214,7 @@ class LivenessWatch:
         self._blind = False  # some worker could not be watched: never name a rank
         self._stop = threading.Event()
         selector = selectors.DefaultSelector()
-        watched: Dict[int, socket.socket] = {}
+        watched: Dict[int, Optional[socket.socket]] = {}  # None: could not be reached
 
         def run():
             try:

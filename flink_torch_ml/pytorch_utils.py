@@ -208,7 +208,6 @@ class _Run:
                 return WorkerError(tail.strip())
         return error
 
-
     def _published_feeds(self, store):
         """A function returning the workers' feed addresses published so far (attempt 0)."""
         found: Dict[int, str] = {}
