@@ -29,7 +29,7 @@ from .errors import SchemaError
 from .feed import FeedSender, FeedServer
 from .orphan_guard import start_orphan_guard
 from .worker import (FEED, JobSpec, WorkerError, announce_deployed, columns_from_pandas,
-                     record_error, run_node)
+                     record_error, run_key, run_node)
 
 __all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
            "MAX_PARALLELISM"]
@@ -114,10 +114,6 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _key(attempt: int, name: str) -> str:
-    return f"a{attempt}/{name}"
-
-
 class FeedFunction(ScalarFunction):
     """A vectorized UDF over the input table: each Arrow batch Flink hands it is checked,
     converted to numpy columns and sent to the next PyTorch worker (round-robin). Returns
@@ -146,10 +142,10 @@ class FeedFunction(ScalarFunction):
         store = self._store = connect(spec.rendezvous)
 
         def lookup(rank: int) -> str:
-            key = _key(attempt, f"feed/{rank}")
+            key = run_key(attempt, f"feed/{rank}")
             deadline = time.monotonic() + spec.timeout
             while not store.check([key]):
-                if store.check([_key(attempt, "first_error")]):
+                if store.check([run_key(attempt, "first_error")]):
                     raise WorkerError(f"The run failed before rank {rank} could receive data")
                 if time.monotonic() > deadline:
                     raise TimeoutError(
@@ -160,7 +156,7 @@ class FeedFunction(ScalarFunction):
             return store.get(key).decode()
 
         def sent(rank: int, rows: int) -> None:
-            store.add(_key(attempt, f"fed/{rank}"), rows)
+            store.add(run_key(attempt, f"fed/{rank}"), rows)
 
         return FeedSender(spec.world_size, self._subtask, spec.timeout, lookup, sent)
 
@@ -227,7 +223,7 @@ class NodeFunction(AggregateFunction):
         start_orphan_guard()
         self._store = connect(spec.rendezvous)
         self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
-        self._store.set(_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
+        self._store.set(run_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
         announce_deployed(self._store)
         if spec.output_types is None:  # a training run: its entry will create an optimizer
             self._warm_up = threading.Thread(target=_warm_up_torch, daemon=True,
@@ -252,7 +248,7 @@ class NodeFunction(AggregateFunction):
         rank = spec.key_to_rank[int(accumulator[0])]
 
         def columns():
-            expected = store.add(_key(self._attempt, f"fed/{rank}"), 0)
+            expected = store.add(run_key(self._attempt, f"fed/{rank}"), 0)
             if expected == 0:  # an empty shard (tiny input): typed empty columns
                 types = [DataType.from_name(t) for t in spec.input_types]
                 return columns_from_pandas([pd.Series([], dtype=object) for _ in types],

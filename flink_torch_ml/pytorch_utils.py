@@ -24,7 +24,7 @@ from .feed import LivenessWatch
 from .flink_job import (_is_local, check_environment, check_input_types, explode_rows_udtf,
                         node_results_table, shard_keys)
 from .rendezvous import RendezvousServer
-from .worker import FEED, JobSpec, TaskManagerLostError, WorkerError
+from .worker import FEED, JobSpec, TaskManagerLostError, WorkerError, run_key
 
 __all__ = ["train", "inference"]
 
@@ -214,8 +214,9 @@ class _Run:
 
         def addresses() -> Dict[int, str]:
             for rank in range(self.spec.world_size):
-                if rank not in found and store.check([f"a0/feed/{rank}"]):
-                    found[rank] = store.get(f"a0/feed/{rank}").decode()
+                key = run_key(0, f"feed/{rank}")
+                if rank not in found and store.check([key]):
+                    found[rank] = store.get(key).decode()
             return dict(found)
 
         return addresses
@@ -223,11 +224,11 @@ class _Run:
     def _recorded_error(self, store) -> Optional[WorkerError]:
         """The first error a worker (or the feed) recorded, as the exception to raise."""
         for attempt in range(4):
-            key = f"a{attempt}/first_error"
+            key = run_key(attempt, "first_error")
             if store.check([key]):
                 who = store.get(key).decode()
-                text = store.get(f"a{attempt}/error/{who}").decode()
-                type_name = store.get(f"a{attempt}/error_type/{who}").decode()
+                text = store.get(run_key(attempt, f"error/{who}")).decode()
+                type_name = store.get(run_key(attempt, f"error_type/{who}")).decode()
                 what = (f"PyTorch worker rank {who} of {self.spec.world_size} failed"
                         if who != FEED else f"Feeding the input table to the "
                         f"{self.spec.world_size} PyTorch workers failed")

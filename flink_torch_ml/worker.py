@@ -26,7 +26,7 @@ from .rendezvous import RendezvousInfo, connect
 from .shard import DataWriter, ShardBuffer, balance_plan
 
 __all__ = ["JobSpec", "WorkerError", "TaskManagerLostError", "run_node", "announce_deployed",
-           "columns_from_pandas", "record_error", "FEED"]
+           "columns_from_pandas", "record_error", "run_key", "FEED"]
 
 #: seconds a failing rank waits for a peer's earlier error, to report the root cause
 PEER_ERROR_GRACE = 3.0
@@ -135,7 +135,7 @@ class _Run:
         self.world_size, self.timeout = world_size, timeout
 
     def key(self, name: str) -> str:
-        return f"a{self.attempt}/{name}"
+        return run_key(self.attempt, name)
 
     def wait_for(self, rank: int, key: str, what: str) -> bytes:
         """The value of ``key`` once a peer sets it; fail fast if a peer failed instead."""
@@ -276,12 +276,17 @@ class _Run:
             time.sleep(0.05)
 
 
+def run_key(attempt: int, name: str) -> str:
+    """The store key of ``name`` in one attempt of a run (a restarted job starts afresh)."""
+    return f"a{attempt}/{name}"
+
+
 def record_error(store, attempt: int, who: Union[int, str], text: str,
                  type_name: str = "") -> None:
     """Record an error of a rank (or of the ``FEED``); the client reports the first one."""
-    store.set(f"a{attempt}/error_type/{who}", type_name)
-    store.set(f"a{attempt}/error/{who}", text)
-    store.compare_set(f"a{attempt}/first_error", "", str(who))
+    store.set(run_key(attempt, f"error_type/{who}"), type_name)
+    store.set(run_key(attempt, f"error/{who}"), text)
+    store.compare_set(run_key(attempt, "first_error"), "", str(who))
 
 
 def announce_deployed(store) -> None:
