@@ -8,6 +8,7 @@ submission included) and with start-up subtracted (the same path on --small rows
 median of --repeats runs is shown.
 
 Usage: python benchmarks/ingest.py [--rows 1000000] [--workers 2] [--small 10000] [--repeats 3]
+                                  [--write-readme]
 """
 
 import argparse
@@ -18,6 +19,9 @@ import time
 import flink_torch_ml  # noqa: F401  (selects PyFlink's process mode before any environment)
 from flink_torch_ml import PyTorchClusterConfig, PyTorchContext, create_table_environment
 from flink_torch_ml import pytorch_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme import rate, table, write_block  # noqa: E402
 
 COLUMNS = [f"f{i}" for i in range(8)]
 
@@ -84,6 +88,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="python.fn-execution.arrow.batch.size/bundle.size for the UDF")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the figures into README.md's INGEST block")
     args = parser.parse_args()
     t_env = create_table_environment("streaming", parallelism=args.workers, config={
         "python.fn-execution.arrow.batch.size": str(args.batch_size),
@@ -91,7 +97,7 @@ def main() -> None:
     print(f"# {args.rows:,} rows x {len(COLUMNS)} FLOAT, datagen, parallelism {args.workers}, "
           f"{os.cpu_count()} cores; rows/s (end to end | start-up on {args.small:,} rows "
           f"subtracted)")
-    figures = {}
+    figures, rows = {}, []
     for name, run in [("Java-only pass-through", passthrough),
                       ("identity pandas UDF", identity_udf),
                       (f"into {args.workers} PyTorch workers (train)",
@@ -103,11 +109,21 @@ def main() -> None:
             runs.append((full, small, (args.rows - args.small) / max(full - small, 1e-9)))
         full, small, net = sorted(runs, key=lambda r: r[2])[len(runs) // 2]  # median run
         figures[name] = net
+        rows.append((name, args.rows / full, net))
         print(f"{name:42s} {args.rows / full:>12,.0f} | {net:>12,.0f}   "
               f"({full:.2f} s, start-up {small:.2f} s; median of {args.repeats})")
     into = figures[f"into {args.workers} PyTorch workers (train)"]
+    floor = figures["identity pandas UDF"]
+    print(f"# into the workers / identity pandas UDF (same run): {into / floor:.2f}x")
     print(f"# target >= 300,000 rows/s into the workers: {into:,.0f} "
           f"{'ok' if into >= 300_000 else 'MISSED'}")
+    if args.write_readme:
+        write_block("INGEST", table(
+            ["path", "end to end", "start-up subtracted", "/ identity UDF"],
+            [(name, rate(end), rate(net), f"{net / floor:.2f}x") for name, end, net in rows])
+            + f"\n\nWritten by `benchmarks/ingest.py --write-readme`: {args.rows:,} rows x "
+            f"{len(COLUMNS)} FLOAT, W = {args.workers}, median of {args.repeats} runs, "
+            f"{os.cpu_count()} cores; start-up measured on {args.small:,} rows.")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme import table, write_block  # noqa: E402
+
 import flink_torch_ml  # noqa: F401  (selects PyFlink's process mode first)
 from flink_torch_ml import PyTorchEstimator, create_table_environment
 
@@ -74,7 +77,7 @@ def fit(t_env, rows: int, workers: int, batch: int):
     start = time.time()
     model = estimator.fit(t_env.from_path("train_src"))
     end = time.time()
-    summaries = model._fit_summaries
+    summaries = model.worker_summaries
     received = max(s["received_at"] for s in summaries) - start
     ready = max(s["started_at"] for s in summaries) - start
     training = sum(h["epoch_seconds"] for h in model.history)
@@ -88,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each measurement; the median run is shown")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the figures into README.md's TRAINING block")
     args = parser.parse_args()
 
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.rows, 16))
@@ -124,6 +129,23 @@ def main() -> None:
     print(f"# target fit <= 1.3 x plain + 10 s = {bound:.1f} s: {full['total']:.1f} s "
           f"{'ok' if full['total'] <= bound else 'MISSED'}; without start-up "
           f"{full['total'] - startup:.1f} s = {(full['total'] - startup) / plain:.2f}x plain")
+    if args.write_readme:
+        write_block("TRAINING", table(["", "seconds"], [
+            ("plain PyTorch loop over the same rows as in-memory tensors", f"{plain:.2f}"),
+            (f"`PyTorchEstimator.fit`, total (runs: {totals})", f"{full['total']:.2f}"),
+            ("- start-up (job submission to data in the worker, on 1,000 rows)",
+             f"{startup:.2f}"),
+            (f"- data ingestion ({args.rows / max(ingestion, 1e-9):,.0f} rows/s)",
+             f"{ingestion:.2f}"),
+            ("- shard preparation (convert, balance)", f"{preparation:.2f}"),
+            ("- training, the epoch itself",
+             f"{full['training']:.2f} ({full['training'] / plain:.2f}x the plain loop)"),
+            ("- results back to the client (job teardown)", f"{rest:.2f}")])
+            + f"\n\nWritten by `benchmarks/training.py --write-readme`: {args.rows:,} rows x 16 "
+            f"FLOAT, MLP 16-64-64-1, 1 epoch, batch {args.batch_size}, "
+            f"worker_num={args.workers}, median of {args.repeats} runs, {os.cpu_count()} cores. "
+            f"Target `fit` <= 1.3x plain + 10 s = {bound:.1f} s: "
+            f"{'met' if full['total'] <= bound else 'missed'}.")
 
 
 if __name__ == "__main__":

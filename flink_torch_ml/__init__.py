@@ -17,12 +17,12 @@ from .data_types import DataType
 from .datastream import ModelMapFunction, score_data_stream
 from .environment import create_table_environment
 from .estimator import PyTorchEstimator
-from .errors import (ChecksumMismatchError, FlinkTorchMLError, InvalidDataError,
-                     ModelExportError, ModelFormatError, NotFittedError, SchemaError,
-                     UnsupportedTypeError)
+from .errors import (AuthenticationError, ChecksumMismatchError, FeedError, FlinkTorchMLError,
+                     FrameError, InvalidDataError, ModelExportError, ModelFormatError,
+                     NotFittedError, ProtocolError, RendezvousError, RendezvousTimeoutError,
+                     SchemaError, TaskManagerLostError, UnsupportedTypeError, WorkerError)
 from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
-from .worker import TaskManagerLostError, WorkerError
 
 __all__ = [
     "__version__",
@@ -40,6 +40,12 @@ __all__ = [
     "PyTorchContext",
     "WorkerError",
     "TaskManagerLostError",
+    "FeedError",
+    "RendezvousError",
+    "RendezvousTimeoutError",
+    "ProtocolError",
+    "FrameError",
+    "AuthenticationError",
     "FlinkTorchMLError",
     "SchemaError",
     "UnsupportedTypeError",

@@ -5,15 +5,13 @@ When ``pyflink.ml.api`` *is* importable, our classes also derive from its classe
 own ``Pipeline`` and ``isinstance`` checks accept our stages.
 """
 
-import os
-import pickle
-import time
 from abc import abstractmethod
 from typing import Any, Dict, List, Optional
 
 from pyflink.table import Table
 
 from .params import WithParams
+from .scoring.serialization import write_flinkml_metadata as _write
 
 try:  # pragma: no cover - depends on whether FlinkML's Python package is on the path
     from pyflink.ml.api import Estimator as _FlinkMLEstimator
@@ -37,14 +35,9 @@ __all__ = ["Stage", "Transformer", "Model", "Estimator", "write_flinkml_metadata
 
 
 def write_flinkml_metadata(stage, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write the ``metadata`` file FlinkML's own loader reads (a pickled dict naming the
-    stage's module and class; FlinkML then calls ``cls.load(t_env, path)``), so FlinkML
-    pipelines can reload our stages. Our own loaders never read it."""
-    metadata = {"module_name": type(stage).__module__, "class_name": type(stage).__name__,
-                "timestamp": time.time(), "param_map": {}, **(extra or {})}
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "metadata"), "wb") as f:
-        pickle.dump(metadata, f, protocol=4)
+    """Write the ``metadata`` file FlinkML's loader reads for ``stage`` (see
+    ``scoring.serialization.write_flinkml_metadata``)."""
+    _write(path, type(stage).__module__, type(stage).__name__, extra)
 
 
 class Stage(WithParams, _FlinkMLStage):

@@ -9,7 +9,9 @@ job is submitted.
 import inspect
 from typing import Callable, Dict, List, Optional
 
+from . import _defaults
 from .data_types import DataType, parse_type_names
+from .runtime import options
 
 __all__ = ["PyTorchClusterConfig"]
 
@@ -20,12 +22,12 @@ class PyTorchClusterConfig:
     INPUT_TYPES = "input_types"
     OUTPUT_TYPES = "output_types"
     #: seconds any distributed wait may take (rendezvous, collectives, the final barrier)
-    TIMEOUT = "flink_torch_ml.timeout"
-    #: address the client binds for the rendezvous store and advertises to the workers
-    RENDEZVOUS_HOST = "flink_torch_ml.rendezvous.host"
-    #: address the store binds to (default: the advertised host; 0.0.0.0 for all interfaces)
-    RENDEZVOUS_BIND = "flink_torch_ml.rendezvous.bind"
-    DEFAULT_TIMEOUT = 180.0
+    TIMEOUT = options.TIMEOUT
+    #: address the workers dial to reach the client's rendezvous store
+    RENDEZVOUS_HOST = options.RENDEZVOUS_HOST
+    #: address the store binds to (default: loopback locally, all interfaces on a cluster)
+    RENDEZVOUS_BIND = options.RENDEZVOUS_BIND
+    DEFAULT_TIMEOUT = _defaults.TIMEOUT
 
     def __init__(self, node_entry: Callable, world_size: int, properties: Dict[str, str]):
         self._node_entry = node_entry

@@ -5,36 +5,17 @@ DL-on-Flink) gives the rank, world size, rank 0's address and port for ``env://`
 properties, the worker's shard as a torch Dataset, and a writer back to Flink.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-from .data_types import DataType
-from .rendezvous import master_endpoint
-from .shard import DataWriter, FlinkDataset, ShardBuffer
+from .runtime.context import NodeContext
+from .runtime.rendezvous import master_endpoint
+from .runtime.shard import DataWriter, FlinkDataset
 
-__all__ = ["NodeContext", "PyTorchContext"]
-
-
-@dataclass
-class NodeContext:
-    """Everything the runtime hands to one worker (built inside the Flink worker)."""
-
-    rank: int
-    world_size: int
-    index: int  # the Flink subtask index running this node
-    properties: Dict[str, str]
-    input_types: List[DataType]
-    buffer: ShardBuffer
-    epochs: int = 1
-    store: object = None  # the run's PrefixStore
-    store_host: str = "127.0.0.1"
-    timeout: float = 180.0
-    writer: Optional[DataWriter] = None
-    _master: Optional[Tuple[str, int]] = field(default=None, repr=False)
+__all__ = ["PyTorchContext"]
 
 
 class PyTorchContext:
-    """The DL-on-Flink context API over a :class:`NodeContext`."""
+    """The DL-on-Flink context API over the context the runtime passes to the entry."""
 
     def __init__(self, context):
         if isinstance(context, PyTorchContext):
@@ -66,15 +47,14 @@ class PyTorchContext:
 
     def _master(self) -> Tuple[str, int]:
         ctx = self._context
-        if ctx._master is None:
-            if ctx.store is None:
-                ctx._master = ("127.0.0.1", 29500)
-            else:
-                ctx._master = master_endpoint(ctx.store, ctx.rank, ctx.timeout, ctx.store_host)
-        return ctx._master
+        if ctx.master is None:
+            ctx.master = master_endpoint(ctx.run, ctx.rank, ctx.store_host)
+        return ctx.master
 
     def get_master_ip(self) -> str:
-        """Rank 0's address, reachable from every worker (for ``MASTER_ADDR``)."""
+        """Rank 0's address, reachable from every worker (for ``MASTER_ADDR``).
+        ``init_process_group`` with ``env://`` at this address rendezvouses through the
+        run's authenticated store; no other port is opened for it."""
         return self._master()[0]
 
     def get_master_port(self) -> int:
@@ -84,7 +64,7 @@ class PyTorchContext:
     def get_dataset_from_flink(self) -> FlinkDataset:
         """This worker's shard as a torch IterableDataset (the table ``epoch`` times over)."""
         ctx = self._context
-        return FlinkDataset(ctx.buffer, ctx.input_types, ctx.epochs)
+        return FlinkDataset(ctx.shard, ctx.input_types, ctx.epochs)
 
     def get_data_writer_to_flink(self) -> DataWriter:
         """A writer whose rows become the output table of ``pytorch_utils.inference``."""

@@ -17,10 +17,10 @@ from pyflink.common import Row
 from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
-from .batch import feature_array, output_to_series
+from .scoring.batch import feature_array, output_to_series
 from .errors import SchemaError
 from .model import PyTorchModel
-from .orphan_guard import start_orphan_guard
+from .runtime.orphan_guard import start_orphan_guard
 
 __all__ = ["score_data_stream", "ModelMapFunction"]
 
@@ -60,10 +60,7 @@ class ModelMapFunction(MapFunction):
     NULL/NaN features or wrong array lengths raise ``InvalidDataError`` naming the feature."""
 
     def __init__(self, model: Union[PyTorchModel, str]):
-        model = _as_model(model, None)
-        model._resolve_pending()
-        self._spec = model._spec or model._resolve_spec(None)
-        self._runner = model._runner(self._spec)
+        self._spec, self._runner = _as_model(model, None)._scoring_parts()
 
     def open(self, runtime_context: RuntimeContext) -> None:
         start_orphan_guard()

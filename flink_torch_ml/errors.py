@@ -1,8 +1,13 @@
-"""Exception types raised by flink-torch-ml.
+"""Every exception type raised by flink-torch-ml.
 
-Every error derives from :class:`FlinkTorchMLError` and also from the standard exception that
-users already catch for that kind of problem (``ValueError``, ``TypeError``, ``IOError``...).
+Each derives from :class:`FlinkTorchMLError` and also from the standard exception that users
+already catch for that kind of problem (``ValueError``, ``TypeError``, ``TimeoutError``...).
+Errors found inside a PyTorch worker reach the client as a :class:`WorkerError`; when the
+worker's error was one of ours, as a class that is both (e.g. :class:`WorkerInvalidDataError`
+is a ``WorkerError`` and an ``InvalidDataError``).
 """
+
+from typing import Dict, Type
 
 
 class FlinkTorchMLError(Exception):
@@ -10,7 +15,8 @@ class FlinkTorchMLError(Exception):
 
 
 class SchemaError(FlinkTorchMLError, ValueError):
-    """A column is missing, has an unsupported type, or would be overwritten."""
+    """A column is missing, has an unsupported type, or would be overwritten; or the input
+    table cannot be used as it is (unbounded, updating)."""
 
 
 class UnsupportedTypeError(SchemaError, TypeError):
@@ -35,3 +41,76 @@ class ModelExportError(FlinkTorchMLError, RuntimeError):
 
 class NotFittedError(FlinkTorchMLError, ValueError):
     """A model was used before it had a trained module to run."""
+
+
+class WorkerError(FlinkTorchMLError, RuntimeError):
+    """A PyTorch worker failed; the message names the rank and carries its traceback."""
+
+
+class TaskManagerLostError(WorkerError):
+    """A Flink TaskManager running PyTorch workers died or became unreachable mid-run."""
+
+
+class FeedError(WorkerError, ConnectionError):
+    """A batch of input could not be delivered to a PyTorch worker, or arrived damaged."""
+
+
+class RendezvousError(FlinkTorchMLError, ConnectionError):
+    """The rendezvous store could not be reached, or its connection broke."""
+
+
+class ProtocolError(FlinkTorchMLError, ConnectionError):
+    """A peer broke the library's wire protocol; its connection is closed."""
+
+
+class FrameError(ProtocolError):
+    """A frame was truncated, larger than the configured maximum, or malformed."""
+
+
+class AuthenticationError(ProtocolError):
+    """A peer did not prove that it holds the run's secret."""
+
+
+class RendezvousTimeoutError(WorkerError, TimeoutError):
+    """A bounded wait between the client and the workers ran out; the message says what was
+    awaited and which ranks were missing."""
+
+
+class WorkerSchemaError(WorkerError, SchemaError):
+    """A worker found a schema problem (e.g. an input type it cannot read)."""
+
+
+class WorkerUnsupportedTypeError(WorkerError, UnsupportedTypeError):
+    """A worker met a type it does not support."""
+
+
+class WorkerInvalidDataError(WorkerError, InvalidDataError):
+    """A worker found bad data (NULL, NaN, a diverging loss, an empty table)."""
+
+
+class WorkerModelFormatError(WorkerError, ModelFormatError):
+    """A worker could not read or write a model."""
+
+
+class WorkerModelExportError(WorkerError, ModelExportError):
+    """A worker could not export the trained model."""
+
+
+#: the class the client raises for an error of a given type name recorded by a worker
+_WORKER_CLASSES: Dict[str, Type[WorkerError]] = {
+    "SchemaError": WorkerSchemaError,
+    "UnsupportedTypeError": WorkerUnsupportedTypeError,
+    "InvalidDataError": WorkerInvalidDataError,
+    "ModelFormatError": WorkerModelFormatError,
+    "ChecksumMismatchError": WorkerModelFormatError,
+    "ModelExportError": WorkerModelExportError,
+    "TaskManagerLostError": TaskManagerLostError,
+    "FeedError": FeedError,
+    "RendezvousTimeoutError": RendezvousTimeoutError,
+}
+
+
+def worker_error_class(type_name: str) -> Type[WorkerError]:
+    """WorkerError, or the subclass that is also the library error a worker raised (so
+    ``except InvalidDataError`` catches bad data found inside a worker)."""
+    return _WORKER_CLASSES.get(type_name, WorkerError)

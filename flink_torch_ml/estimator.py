@@ -2,31 +2,32 @@
 PyTorch inside a Flink job and returns a PyTorchModel. The user never writes a training loop.
 """
 
-import copy
-import io
 import json
-import logging
 import os
 import pickle
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
-import numpy as np
 import torch
-from pyflink.table import DataTypes, Schema, StatementSet, Table, TableDescriptor
+from pyflink.table import StatementSet, Table
 from pyflink.table.expressions import col
 
 from .api import Estimator, write_flinkml_metadata
 from .data_types import DataType
-from .errors import NotFittedError, SchemaError, UnsupportedTypeError
+from .errors import SchemaError, UnsupportedTypeError
 from .model import PyTorchModel
-from .params import (BooleanParam, FloatParam, IntParam, ObjectParam, ParamValidator,
-                     ParamValidators, StringArrayParam, StringParam)
-from .training import BUILTIN_METRICS, TrainSettings, fit_worker
+from .params import (BooleanParam, HasBatchSize, HasFeatureCols, HasLabelCol, HasMaxEpochs,
+                     HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, ObjectParam,
+                     ParamValidator)
+from .runtime.driver import DistributedRun
+from .runtime.estimator_entry import EstimatorEntry, TrainedResult, read_trained, \
+    trained_module
+from .runtime.job import results_sink
+from .runtime.progress import EpochPrinter
+from .runtime.protocol import RunStore
+from .runtime.training import BUILTIN_METRICS, TrainSettings
 
 __all__ = ["PyTorchEstimator"]
-
-log = logging.getLogger("flink_torch_ml")
 
 _FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataType.INT_64,
                   DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
@@ -45,31 +46,24 @@ def _is_metrics(value) -> bool:
     return all((isinstance(k, str) and (callable(m) or m in BUILTIN_METRICS)) for k, m in items)
 
 
-class PyTorchEstimator(Estimator):
+class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol, HasMaxEpochs,
+                       HasBatchSize, HasWorkerNum, HasSeed, HasTimeout):
     """Trains ``model`` on a Flink table with ``worker_num`` DistributedDataParallel workers.
 
     ``PyTorchEstimator(model, loss, optimizer_creator, feature_cols=[...], label_col="y",
     max_epochs=5, batch_size=128, worker_num=2)``; ``fit(table)`` returns a trained
-    PyTorchModel. Passing a StatementSet first (as in DL-on-Flink) makes ``fit`` lazy: the job
-    is added to the set, and the returned model gets its weights when the set executes.
+    PyTorchModel. Passing a StatementSet (``statement_set=...``, or first, as in
+    DL-on-Flink: ``PyTorchEstimator(statement_set, model, loss, optimizer_creator, ...)``)
+    makes ``fit`` lazy: the job is added to the set, and the returned model gets its weights
+    when the set executes.
     """
 
     MODEL = ObjectParam("model", "The torch.nn.Module to train.")
     LOSS = ObjectParam("loss", "loss(prediction, label) -> scalar tensor, e.g. nn.MSELoss().")
     OPTIMIZER_CREATOR = ObjectParam("optimizer_creator",
                                     "Callable[[nn.Module], torch.optim.Optimizer].")
-    FEATURE_COLS = StringArrayParam("feature_cols", "Feature columns, in forward() order.", None)
-    LABEL_COL = StringParam("label_col", "The label column.", None)
-    PREDICTION_COL = StringParam("prediction_col", "Prediction column of the fitted model.",
-                                 "prediction", ParamValidators.not_null())
-    MAX_EPOCHS = IntParam("max_epochs", "Passes over the table.", 1, ParamValidators.gt(0))
-    BATCH_SIZE = IntParam("batch_size", "Rows per batch, per worker.", 32,
-                          ParamValidators.gt(0))
-    WORKER_NUM = IntParam("worker_num", "Number of DDP workers (Flink subtasks).", 1,
-                          ParamValidators.gt(0))
     LR_SCHEDULER_CREATOR = ObjectParam(
         "lr_scheduler_creator", "Callable[[Optimizer], LRScheduler], stepped once per epoch.")
-    SEED = IntParam("seed", "Seed for weights' init order, shuffling and validation split.", 0)
     SHUFFLE = BooleanParam("shuffle", "Shuffle each worker's rows every epoch.", True)
     VALIDATION = ObjectParam(
         "validation", "A fraction of rows held out (0 < f < 1), or a BOOLEAN column marking "
@@ -80,43 +74,87 @@ class PyTorchEstimator(Estimator):
         None, ParamValidator(_is_metrics, "a list of 'accuracy'/'mse'/'mae' or a dict of "
                                           "callables"))
     VERBOSE = BooleanParam("verbose", "Log one line per epoch while the job runs.", False)
-    TIMEOUT = FloatParam("timeout", "Seconds any distributed wait may take.", 180.0,
-                         ParamValidators.gt(0))
 
-    def __init__(self, *args, **kwargs):
-        statement_set = kwargs.pop("statement_set", None)
-        if args and isinstance(args[0], StatementSet):
-            statement_set, args = args[0], args[1:]
-        if len(args) > 3:
-            raise TypeError("PyTorchEstimator takes at most (statement_set, model, loss, "
-                            "optimizer_creator) positionally; pass the rest by name")
-        for name, value in zip(("model", "loss", "optimizer_creator"), args):
-            if name in kwargs:
-                raise TypeError(f"PyTorchEstimator got {name} twice")
-            kwargs[name] = value
-        self._init_params(**kwargs)
+    def __init__(self, model: Union[torch.nn.Module, StatementSet, None] = None,
+                 loss: Optional[Callable] = None, optimizer_creator: Optional[Callable] = None,
+                 seed_form_optimizer_creator: Optional[Callable] = None, *,
+                 feature_cols: Union[None, str, Sequence[str]] = None,
+                 label_col: Optional[str] = None, prediction_col: str = "prediction",
+                 max_epochs: int = 1, batch_size: int = 32, worker_num: int = 1,
+                 lr_scheduler_creator: Optional[Callable] = None, seed: int = 0,
+                 shuffle: bool = True, validation: Union[None, float, str] = None,
+                 metrics: Union[None, Sequence[str], Dict[str, Callable]] = None,
+                 verbose: bool = False, timeout: float = HasTimeout.TIMEOUT.default_value,
+                 statement_set: Optional[StatementSet] = None, **misspelt: Any):
+        self._reject_unknown(misspelt)
+        if isinstance(model, StatementSet):  # DL-on-Flink's order: the set comes first
+            if statement_set is not None:
+                raise TypeError("PyTorchEstimator got statement_set twice")
+            statement_set, model, loss, optimizer_creator = \
+                model, loss, optimizer_creator, seed_form_optimizer_creator
+        elif seed_form_optimizer_creator is not None:
+            raise TypeError("PyTorchEstimator takes (model, loss, optimizer_creator) "
+                            "positionally, or (statement_set, model, loss, optimizer_creator) "
+                            "as in DL-on-Flink; pass the rest by name")
         if statement_set is not None and not isinstance(statement_set, StatementSet):
             raise TypeError(f"statement_set must be a pyflink StatementSet, got "
                             f"{type(statement_set).__name__}")
+        self._init_params(
+            model=model, loss=loss, optimizer_creator=optimizer_creator,
+            feature_cols=feature_cols, label_col=label_col, prediction_col=prediction_col,
+            max_epochs=max_epochs, batch_size=batch_size, worker_num=worker_num,
+            lr_scheduler_creator=lr_scheduler_creator, seed=seed, shuffle=shuffle,
+            validation=validation, metrics=metrics, verbose=verbose, timeout=timeout)
         self._statement_set = statement_set
 
-    def __getattr__(self, name: str):
-        # get_<param>() / set_<param>(value) accessors for every parameter
-        for prefix in ("get_", "set_"):
-            if name.startswith(prefix) and not name.startswith("__"):
-                param = type(self)._param_named(name[len(prefix):])
-                if param is not None:
-                    if prefix == "get_":
-                        return lambda: self.get(param)
-                    return lambda value: self.set(param, value)
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+    # ------------------------------------------------------------------ accessors
+    def get_model(self) -> Optional[torch.nn.Module]:
+        return self.get(self.MODEL)
 
-    @classmethod
-    def _param_named(cls, name: str):
-        for param in cls._declared_params():
-            if param.name == name:
-                return param
-        return None
+    def set_model(self, value: torch.nn.Module) -> "PyTorchEstimator":
+        return self.set(self.MODEL, value)
+
+    def get_loss(self) -> Optional[Callable]:
+        return self.get(self.LOSS)
+
+    def set_loss(self, value: Callable) -> "PyTorchEstimator":
+        return self.set(self.LOSS, value)
+
+    def get_optimizer_creator(self) -> Optional[Callable]:
+        return self.get(self.OPTIMIZER_CREATOR)
+
+    def set_optimizer_creator(self, value: Callable) -> "PyTorchEstimator":
+        return self.set(self.OPTIMIZER_CREATOR, value)
+
+    def get_lr_scheduler_creator(self) -> Optional[Callable]:
+        return self.get(self.LR_SCHEDULER_CREATOR)
+
+    def set_lr_scheduler_creator(self, value: Optional[Callable]) -> "PyTorchEstimator":
+        return self.set(self.LR_SCHEDULER_CREATOR, value)
+
+    def get_shuffle(self) -> bool:
+        return self.get(self.SHUFFLE)
+
+    def set_shuffle(self, value: bool) -> "PyTorchEstimator":
+        return self.set(self.SHUFFLE, value)
+
+    def get_validation(self) -> Union[None, float, str]:
+        return self.get(self.VALIDATION)
+
+    def set_validation(self, value: Union[None, float, str]) -> "PyTorchEstimator":
+        return self.set(self.VALIDATION, value)
+
+    def get_metrics(self):
+        return self.get(self.METRICS)
+
+    def set_metrics(self, value) -> "PyTorchEstimator":
+        return self.set(self.METRICS, value)
+
+    def get_verbose(self) -> bool:
+        return self.get(self.VERBOSE)
+
+    def set_verbose(self, value: bool) -> "PyTorchEstimator":
+        return self.set(self.VERBOSE, value)
 
     # ------------------------------------------------------------------ fit
     def fit(self, *inputs: Table) -> PyTorchModel:
@@ -127,34 +165,23 @@ class PyTorchEstimator(Estimator):
         if not isinstance(table, Table):
             raise TypeError(f"fit expects a pyflink Table, got {type(table).__name__}")
         settings, select = self._settings(table)
-        from .pytorch_utils import _Run
-
-        entry = _EstimatorEntry(settings)
-        run = _Run(table.select(*[col(c) for c in select]), entry, self.get(self.WORKER_NUM),
-                   {}, self.get(self.TIMEOUT),
-                   ship_by_value=[settings.model, settings.loss, settings.optimizer_creator,
-                                  settings.lr_scheduler_creator,
-                                  *settings.metrics.values()])
-        model = PyTorchModel(None, settings.feature_cols, self.get(self.PREDICTION_COL))
-        model._feature_types = [DataType.from_name(t) for t in settings.feature_types]
-        model._t_env = table._t_env
-        progress = _Progress(run.store(), self.get(self.MAX_EPOCHS), self.get(self.VERBOSE))
+        run = DistributedRun(table.select(*[col(c) for c in select]), EstimatorEntry(settings),
+                             self.get_worker_num(), {}, self.get_timeout(),
+                             ship_by_value=[settings.model, settings.loss,
+                                            settings.optimizer_creator,
+                                            settings.lr_scheduler_creator,
+                                            *settings.metrics.values()])
+        training = _Training(run, settings, EpochPrinter(run.run_store(), settings.max_epochs,
+                                                         self.get_verbose()))
+        model = PyTorchModel._from_training(
+            training, settings.feature_cols,
+            [DataType.from_name(t) for t in settings.feature_types],
+            self.get_prediction_col(), table._t_env)
         if self._statement_set is not None:
-            sink = (TableDescriptor.for_connector("blackhole")
-                    .schema(Schema.new_builder().column("shard", DataTypes.INT())
-                            .column("node_result", DataTypes.BYTES()).build()).build())
-            self._statement_set.add_insert(sink, run.results)
-            model._pending = _PendingTraining(run, settings, progress)
-            progress.start()
-            return model
-        progress.start()
-        try:
-            results = run.collect()
-        finally:
-            progress.stop()
-        _PendingTraining(run, settings, progress).apply(model, results[0]["entry_result"])
-        model._fit_summaries = [{k: v for k, v in r.items() if k != "entry_result"}
-                                for r in results]
+            self._statement_set.add_insert(results_sink(), run.results)
+            training.run_later()
+        else:
+            training.run_now()
         return model
 
     def _settings(self, table: Table):
@@ -247,117 +274,71 @@ class PyTorchEstimator(Estimator):
         return estimator
 
 
-class _EstimatorEntry:
-    """The node entry of an estimator's training job (runs in every worker)."""
+class FitOutcome(NamedTuple):
+    """What a fit hands the model it returns."""
 
-    def __init__(self, settings: TrainSettings):
-        self.settings = settings
-
-    def __call__(self, context) -> Optional[Dict[str, Any]]:
-        batches = list(context.buffer.iter_batches())
-        columns = batches[0] if len(batches) == 1 else [np.concatenate(parts)
-                                                         for parts in zip(*batches)]
-        del batches
-        widths = [int(c.shape[1]) if c.ndim == 2 else 1
-                  for c in columns[:len(self.settings.feature_cols)]]
-        store = context.store
-
-        def on_epoch(record):
-            store.set(f"progress/{record['epoch']}", json.dumps(record))
-
-        result = fit_worker(context.rank, context.world_size, columns, self.settings, store,
-                            context.timeout, on_epoch)
-        if context.rank != 0:
-            return None
-        result["feature_widths"] = widths
-        store.set("trained", pickle.dumps(result))
-        _serve_save_requests(store, self.settings, result)
-        return result
+    module: torch.nn.Module
+    feature_widths: List[int]
+    history: List[Dict[str, Any]]
+    summaries: List[Dict[str, Any]]  # one per rank (eager fits only)
 
 
-def _trained_model(settings: TrainSettings, result) -> torch.nn.Module:
-    module = copy.deepcopy(settings.model)
-    module.load_state_dict(torch.load(io.BytesIO(result["state_dict"]), weights_only=True))
-    return module.eval()
+class _Training:
+    """The client's handle on the fit that produces a PyTorchModel's weights: runs it now,
+    or lets a StatementSet run it later (then keeps the result once the job is done and
+    releases the run's store)."""
 
+    def __init__(self, run: DistributedRun, settings: TrainSettings, printer: EpochPrinter):
+        self._run, self._settings, self._printer = run, settings, printer
+        self._lock = threading.Lock()
+        self._trained: Optional[TrainedResult] = None
+        self._summaries: List[Dict[str, Any]] = []
 
-def _serve_save_requests(store, settings: TrainSettings, result) -> None:
-    """Lazy fits: write the model wherever ``model.save(path)`` was asked before the job ran."""
-    count = int(store.add("save_requests", 0))
-    for i in range(count):
-        request = json.loads(store.get(f"save_request/{i}").decode())
-        model = PyTorchModel(_trained_model(settings, result), settings.feature_cols,
-                             request["prediction_col"],
-                             feature_widths=result["feature_widths"])
-        model._feature_types = [DataType.from_name(t) for t in settings.feature_types]
-        model.save(request["path"], format=request["format"],
-                   overwrite=request["overwrite"])
+    def run_now(self) -> None:
+        self._printer.start()
+        try:
+            self._summaries = self._run.collect()
+        finally:
+            self._printer.stop()
+        try:
+            self._trained = read_trained(self._run.run_store())
+        finally:
+            self._run.release()
 
+    def run_later(self) -> None:
+        self._printer.start()
 
-class _PendingTraining:
-    """Connects a PyTorchModel to the training run that will produce its weights."""
+        def keep(run: RunStore) -> None:
+            with self._lock:
+                self._trained = read_trained(run)
+            self._printer.stop()
 
-    def __init__(self, run, settings: TrainSettings, progress: "_Progress"):
-        self.run, self.settings, self.progress = run, settings, progress
+        self._run.release_when_done(keep)
+
+    def _current(self) -> Optional[TrainedResult]:
+        with self._lock:
+            if self._trained is None and not self._run.released:
+                try:
+                    self._trained = read_trained(self._run.run_store())
+                except OSError:  # released meanwhile
+                    pass
+            return self._trained
 
     def ready(self) -> bool:
-        return self.run.store().check(["trained"])
+        return self._current() is not None
 
-    def resolve(self, model: PyTorchModel) -> None:
-        if not self.ready():
-            raise NotFittedError("The model is not trained yet: its training job runs when "
-                                 "the StatementSet passed to PyTorchEstimator executes")
-        self.apply(model, pickle.loads(self.run.store().get("trained")))
+    def result(self) -> Optional[FitOutcome]:
+        trained = self._current()
+        if trained is None:
+            return None
+        return FitOutcome(trained_module(self._settings, trained), trained.feature_widths,
+                          trained.history, self._summaries)
 
-    def request_save(self, model: PyTorchModel, path: str, format: str,
-                     overwrite: bool) -> None:
-        store = self.run.store()
-        index = int(store.add("save_requests", 1)) - 1
-        store.set(f"save_request/{index}", json.dumps({
+    def request_save(self, path: str, format: str, overwrite: bool, prediction_col: str,
+                     extra: Dict[str, Any]) -> None:
+        """Ask the workers to write the model at ``path`` once trained (a lazy fit)."""
+        run = self._run.run_store()
+        index = run.add(run.keys.save_requests, 1) - 1
+        run.set_json(run.keys.save_request(index), {
             "path": os.path.abspath(path), "format": format, "overwrite": overwrite,
-            "prediction_col": model.get_prediction_col()}))
-
-    def apply(self, model: PyTorchModel, result) -> None:
-        model._module = _trained_model(self.settings, result)
-        model.set(PyTorchModel.FEATURE_WIDTHS, list(result["feature_widths"]))
-        model._history = result["history"]
-        model._pending = None
-
-
-class _Progress:
-    """With ``verbose``, polls the run's store for per-epoch records and prints them as they
-    arrive (one line per epoch) while the job runs."""
-
-    def __init__(self, store, epochs: int, verbose: bool):
-        self.store, self.epochs, self.verbose = store, epochs, verbose
-        self._next = 1
-        self._stop = threading.Event()
-        self._thread = None
-
-    def start(self) -> None:
-        if self.verbose:
-            self._thread = threading.Thread(target=self._poll, daemon=True,
-                                            name="flink-torch-ml-progress")
-            self._thread.start()
-
-    def _poll(self) -> None:
-        while self._next <= self.epochs:
-            if not self._print_available() and self._stop.wait(0.5):
-                return
-
-    def _print_available(self) -> bool:
-        printed = False
-        while self._next <= self.epochs and self.store.check([f"progress/{self._next}"]):
-            record = json.loads(self.store.get(f"progress/{self._next}").decode())
-            line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in record.items() if k != "epoch")
-            print(f"[flink-torch-ml] epoch {self._next}/{self.epochs}: {line}", flush=True)
-            self._next += 1
-            printed = True
-        return printed
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._print_available()
+            "prediction_col": prediction_col, "extra": extra})

@@ -10,28 +10,28 @@ import io
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from pyflink.table import Table
 from pyflink.table.expressions import col
 
-from .api import Model, write_flinkml_metadata
+from .api import Model
 from .data_types import DataType
-from .errors import (ModelExportError, ModelFormatError, NotFittedError, SchemaError,
-                     UnsupportedTypeError)
-from .export import FORMATS, check_onnx, to_onnx, to_torchscript
-from .inference import add_prediction_column, predict_udf
-from .params import (IntArrayParam, IntParam, ParamValidators, StringArrayParam, StringParam)
-from .runner import ModelRunner
-from .serialization import SavedModel, read_model_dir, write_model_dir
-from .spec import FeatureSpec, ModelSpec
+from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaError, \
+    UnsupportedTypeError
+from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol,
+                     IntArrayParam, ParamValidators, StringParam)
+from .scoring.export import FORMATS, export_model, to_torchscript
+from .scoring.runner import ModelRunner
+from .scoring.serialization import SavedModel, read_model_dir, write_model_dir
+from .scoring.spec import FeatureSpec, ModelSpec, prediction_type, spec_for_module
+from .scoring.udf import add_prediction_column, predict_udf
 
 __all__ = ["PyTorchModel", "register_model_function"]
 
 _PREDICTION_TYPES = [t.type_name for t in DataType if t.is_numeric]
 
 
-class PyTorchModel(Model):
+class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, HasNumThreads):
     """Scores tables with a trained ``torch.nn.Module`` (or a loaded TorchScript/ONNX model).
 
     :param model: the trained module (an ``nn.Module`` or a TorchScript module).
@@ -46,26 +46,19 @@ class PyTorchModel(Model):
     :param num_threads: threads per Python worker; 0 means cores / parallelism.
     """
 
-    FEATURE_COLS = StringArrayParam("feature_cols", "Feature columns, in forward() order.", None)
-    PREDICTION_COL = StringParam("prediction_col", "Name of the prediction column.",
-                                 "prediction", ParamValidators.not_null())
     FEATURE_WIDTHS = IntArrayParam(
         "feature_widths", "Array length of each feature column (1 for scalars).", None)
     PREDICTION_TYPE = StringParam(
         "prediction_type", "Type of the prediction column, e.g. FLOAT_32 or FLOAT_32_ARRAY.",
         None, ParamValidators.optional(ParamValidators.in_array(_PREDICTION_TYPES)))
-    HANDLE_INVALID = StringParam(
-        "handle_invalid", "What to do with a NULL/NaN feature: 'error' or 'skip'.", "error",
-        ParamValidators.in_array(["error", "skip"]))
-    NUM_THREADS = IntParam("num_threads", "Threads per worker (0: cores / parallelism).", 0,
-                           ParamValidators.gt_eq(0))
 
     def __init__(self, model: Optional[torch.nn.Module] = None,
                  feature_cols: Union[None, str, Sequence[str]] = None,
                  prediction_col: str = "prediction", *,
                  feature_widths: Optional[Sequence[int]] = None,
                  prediction_type: Optional[str] = None, handle_invalid: str = "error",
-                 num_threads: int = 0):
+                 num_threads: int = 0, **misspelt: Any):
+        self._reject_unknown(misspelt)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or TorchScript module), got "
                             f"{type(model).__name__}")
@@ -79,47 +72,77 @@ class PyTorchModel(Model):
         self._spec: Optional[ModelSpec] = None
         self._torchscript_cache: Dict[Tuple, bytes] = {}
         self._feature_types: Optional[List[DataType]] = None  # column types known w/o a table
-        self._pending = None  # a training job that will produce this model's weights
+        self._training = None  # a fit whose job will produce this model's weights
         self._t_env = None
         self._history: List[Dict[str, Any]] = []
+        self._worker_summaries: List[Dict[str, Any]] = []
+
+    @classmethod
+    def _from_training(cls, training, feature_cols: Sequence[str],
+                       feature_types: Sequence[DataType], prediction_col: str,
+                       t_env) -> "PyTorchModel":
+        """The model ``PyTorchEstimator.fit`` returns: its weights, widths and history come
+        from ``training`` (``result()`` gives them once the job ran; ``request_save`` asks
+        the job to write the model when it is fitted lazily in a StatementSet)."""
+        model = cls(None, list(feature_cols), prediction_col)
+        model._feature_types = list(feature_types)
+        model._t_env = t_env
+        model._training = training
+        return model
 
     # ----------------------------------------------------------------- accessors
     @property
     def history(self) -> List[Dict[str, Any]]:
         """Per-epoch training metrics of a model produced by PyTorchEstimator.fit."""
-        if self._pending is not None and self._pending.ready():
-            self._resolve_pending()
+        if self._training is not None and self._training.ready():
+            self._resolve_training()
         return self._history
 
-    def _resolve_pending(self) -> None:
-        if self._pending is not None:
-            self._pending.resolve(self)
+    @property
+    def worker_summaries(self) -> List[Dict[str, Any]]:
+        """Per rank, what the workers of the fit reported: ``rank``, ``rows`` trained on,
+        ``received_rows`` (before balancing), ``pid``, timings (``received_at``,
+        ``started_at``, ``finished_at``, ``seconds``). Empty for lazy fits and loaded
+        models."""
+        self.history  # noqa: B018 - resolves a finished fit
+        return self._worker_summaries
+
+    def _resolve_training(self) -> None:
+        """Take the trained weights from the fit that produces this model (once)."""
+        if self._training is None:
+            return
+        result = self._training.result()
+        if result is None:
+            raise NotFittedError("The model is not trained yet: its training job runs when "
+                                 "the StatementSet passed to PyTorchEstimator executes")
+        self._module = result.module
+        self.set(self.FEATURE_WIDTHS, list(result.feature_widths))
+        self._history = list(result.history)
+        self._worker_summaries = list(result.summaries)
+        self._training = None
 
     @property
     def model(self) -> Optional[torch.nn.Module]:
         """The torch module (a TorchScript module when loaded from TorchScript; None for ONNX)."""
-        self._resolve_pending()
+        self._resolve_training()
         if self._module is None and self._saved and self._saved.model_format == "torchscript":
             self._module = torch.jit.load(io.BytesIO(self._saved.model_bytes), map_location="cpu")
         return self._module
 
-    def get_feature_cols(self) -> Optional[Tuple[str, ...]]:
-        return self.get(self.FEATURE_COLS)
+    def get_feature_widths(self) -> Optional[Tuple[int, ...]]:
+        return self.get(self.FEATURE_WIDTHS)
 
-    def set_feature_cols(self, *cols: str) -> "PyTorchModel":
-        return self.set(self.FEATURE_COLS, list(cols))
+    def set_feature_widths(self, *widths: int) -> "PyTorchModel":
+        if len(widths) == 1 and isinstance(widths[0], (list, tuple)):
+            widths = tuple(widths[0])
+        return self.set(self.FEATURE_WIDTHS, list(widths))
 
-    def get_prediction_col(self) -> str:
-        return self.get(self.PREDICTION_COL)
+    def get_prediction_type(self) -> Optional[str]:
+        return self.get(self.PREDICTION_TYPE)
 
-    def set_prediction_col(self, name: str) -> "PyTorchModel":
-        return self.set(self.PREDICTION_COL, name)
-
-    def get_handle_invalid(self) -> str:
-        return self.get(self.HANDLE_INVALID)
-
-    def set_handle_invalid(self, value: str) -> "PyTorchModel":
-        return self.set(self.HANDLE_INVALID, value)
+    def set_prediction_type(self, value: Optional[str]) -> "PyTorchModel":
+        return self.set(self.PREDICTION_TYPE, None if value is None
+                        else DataType.from_name(value).type_name)
 
     # ----------------------------------------------------------------- transform
     def transform(self, *inputs: Table) -> List[Table]:
@@ -127,7 +150,7 @@ class PyTorchModel(Model):
         if len(inputs) != 1:
             raise ValueError(f"PyTorchModel.transform takes exactly one table, got {len(inputs)}")
         table = inputs[0]
-        self._resolve_pending()
+        self._resolve_training()
         spec = self._resolve_spec(table)
         runner = self._runner(spec)
         parallelism = int(table._t_env.get_config().get("parallelism.default", "1") or 1)
@@ -144,12 +167,18 @@ class PyTorchModel(Model):
         if (handle_invalid or "error") != "error":
             raise ValueError("as_function supports handle_invalid='error' only: a scalar "
                              "function cannot drop rows; filter NULLs in SQL instead")
-        self._resolve_pending()
+        self._resolve_training()
         spec = self._spec or self._resolve_spec(None)
         parallelism = None
         if self._t_env is not None:
             parallelism = int(self._t_env.get_config().get("parallelism.default", "1") or 1)
         return predict_udf(self._runner(spec), spec, True, parallelism)
+
+    def _scoring_parts(self) -> Tuple[ModelSpec, ModelRunner]:
+        """The spec and runner that score this model without a table (DataStream scoring)."""
+        self._resolve_training()
+        spec = self._spec or self._resolve_spec(None)
+        return spec, self._runner(spec)
 
     def _runner(self, spec: ModelSpec) -> ModelRunner:
         threads = self.get(self.NUM_THREADS)
@@ -171,11 +200,14 @@ class PyTorchModel(Model):
         """Write the model to directory ``path`` as TorchScript (default) or ONNX."""
         if format not in FORMATS:
             raise ValueError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}")
-        if self._pending is not None and not self._pending.ready():
+        extra = {"handle_invalid": self.get_handle_invalid(),
+                 "num_threads": self.get_num_threads()}
+        if self._training is not None and not self._training.ready():
             # fitted lazily into a StatementSet: the worker writes it when the job runs
-            self._pending.request_save(self, path, format, overwrite)
+            self._training.request_save(path, format, overwrite, self.get_prediction_col(),
+                                        extra)
             return
-        self._resolve_pending()
+        self._resolve_training()
         spec = self._spec or self._resolve_spec(None)
         names = spec.feature_cols
         if self._saved is not None and self._saved.model_format == format:
@@ -184,19 +216,13 @@ class PyTorchModel(Model):
         elif self._saved is not None and self._saved.model_format == "onnx":
             raise ModelExportError(f"This model was loaded from ONNX and cannot be saved as "
                                    f"{format!r}; save it as 'onnx'")
+        elif format == "onnx":
+            model_bytes = export_model(self.model, spec, format)
         else:
-            module, sample = self.model, spec.sample_inputs()
-            if format == "onnx":
-                model_bytes = to_onnx(module, sample, names)
-                check_onnx(model_bytes, module, sample, names)
-            else:
-                model_bytes = (self._saved.model_bytes if self._saved is not None
-                               else self._torchscript_bytes(spec))
-        extra = {"handle_invalid": self.get(self.HANDLE_INVALID),
-                 "num_threads": self.get(self.NUM_THREADS),
-                 "input_names": list(names)}
-        write_model_dir(path, format, model_bytes, spec, extra, overwrite=overwrite)
-        write_flinkml_metadata(self, path)
+            model_bytes = (self._saved.model_bytes if self._saved is not None
+                           else self._torchscript_bytes(spec))
+        write_model_dir(path, format, model_bytes, spec, dict(extra, input_names=list(names)),
+                        overwrite=overwrite)
 
     @classmethod
     def load(cls, t_env, path: str) -> "PyTorchModel":
@@ -221,7 +247,7 @@ class PyTorchModel(Model):
         if self._t_env is None:
             raise NotFittedError("get_model_data needs the TableEnvironment this model came "
                                  "from (fit it, or load it with PyTorchModel.load(t_env, ...))")
-        self._resolve_pending()
+        self._resolve_training()
         spec = self._spec or self._resolve_spec(None)
         if self._saved is not None:
             fmt, payload = self._saved.model_format, self._saved.model_bytes
@@ -253,7 +279,7 @@ class PyTorchModel(Model):
         names = spec_json.get("input_names") or spec.feature_cols
         saved_spec = spec.with_feature_names(names)
         self._saved = SavedModel(fmt, payload, saved_spec, {"input_names": names})
-        self._module, self._pending, self._spec = None, None, saved_spec
+        self._module, self._training, self._spec = None, None, saved_spec
         self._t_env = inputs[0]._t_env
         self.set(self.FEATURE_COLS, list(names))
         self.set(self.PREDICTION_COL, spec.prediction_col)
@@ -293,7 +319,8 @@ class PyTorchModel(Model):
             features.append(FeatureSpec(name, data_type, saved_feature.width,
                                         saved_feature.input_dtype))
         return ModelSpec(tuple(features), prediction_col,
-                         self._prediction_type(saved.prediction_type, saved.output_width),
+                         prediction_type(saved.prediction_type, saved.output_width,
+                                         self.get(self.PREDICTION_TYPE)),
                          saved.output_width)
 
     def _spec_from_module(self, table, cols, column_types, prediction_col) -> ModelSpec:
@@ -308,53 +335,8 @@ class PyTorchModel(Model):
                             else DataType.FLOAT_32 for i in range(len(cols))]
         if widths is None:
             widths = _infer_widths(table, cols, column_types)
-        float_dtype = _module_float_dtype(self._module)
-        int_dtypes = ["int64", float_dtype]
-        last_error: Optional[Exception] = None
-        for int_dtype in int_dtypes:  # integer columns: indices (int64) first, else as floats
-            features = tuple(
-                FeatureSpec(c, t, int(w), float_dtype if t.is_floating else int_dtype)
-                for c, t, w in zip(cols, column_types, widths))
-            spec = ModelSpec(features, prediction_col, DataType.FLOAT_32)
-            try:
-                with torch.no_grad():
-                    output = self._module.eval()(*spec.sample_inputs(batch=2))
-            except Exception as error:  # the user's forward failed on our sample
-                last_error = error
-                if not any(t.is_numeric and not t.is_floating for t in column_types):
-                    break
-                continue
-            return self._spec_from_output(features, prediction_col, output)
-        shapes = ", ".join(f"{f.name}: [batch, {f.width}] {f.input_dtype}" for f in features)
-        raise SchemaError(
-            f"The model failed on a sample batch shaped like its features ({shapes}): "
-            f"{last_error}. Check that feature_cols are in forward() order and set "
-            f"feature_widths for array columns") from last_error
-
-    def _spec_from_output(self, features, prediction_col, output) -> ModelSpec:
-        if not isinstance(output, torch.Tensor):
-            raise SchemaError(f"The model's forward returned {type(output).__name__}; it must "
-                              f"return a single tensor")
-        if output.dim() == 0 or output.shape[0] != 2:
-            raise SchemaError(f"The model returned shape {tuple(output.shape)} for a batch of 2; "
-                              f"the first output dimension must be the batch")
-        width = int(np.prod(output.shape[1:], dtype=np.int64))
-        numpy_dtype = output.detach().numpy().dtype
-        try:
-            natural = DataType.from_numpy(numpy_dtype, is_array=width > 1)
-        except UnsupportedTypeError as error:
-            raise SchemaError(str(error)) from None
-        return ModelSpec(features, prediction_col, self._prediction_type(natural, width), width)
-
-    def _prediction_type(self, natural: DataType, width: int) -> DataType:
-        override = self.get(self.PREDICTION_TYPE)
-        if override is None:
-            return natural
-        chosen = DataType.from_name(override)
-        if width > 1 and not chosen.is_array:
-            raise SchemaError(f"prediction_type {override} is a scalar type but the model "
-                              f"returns {width} values per row; use FLOAT_32_ARRAY")
-        return chosen
+        return spec_for_module(self._module, cols, column_types, widths, prediction_col,
+                               self.get(self.PREDICTION_TYPE))
 
 
 def _check_columns(table: Table, cols: Sequence[str], prediction_col: str) -> List[DataType]:
@@ -400,13 +382,6 @@ def _infer_widths(table: Optional[Table], cols, column_types) -> List[int]:
         raise SchemaError("Cannot infer array lengths from a row with a NULL array; set "
                           "feature_widths")
     return [lengths.get(c, 1) for c in cols]
-
-
-def _module_float_dtype(module: torch.nn.Module) -> str:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.is_floating_point():
-            return str(tensor.dtype).replace("torch.", "")
-    return "float32"
 
 
 def register_model_function(t_env, name: str, path: str) -> PyTorchModel:

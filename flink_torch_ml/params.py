@@ -7,10 +7,15 @@ so our stages work with FlinkML code; values are stored as JSON, never as pickle
 import json
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
 
+from ._defaults import TIMEOUT as _TIMEOUT
+
 T = TypeVar("T")
 
 __all__ = ["Param", "ParamValidator", "ParamValidators", "WithParams", "IntParam", "FloatParam",
-           "BooleanParam", "StringParam", "StringArrayParam", "IntArrayParam", "ObjectParam"]
+           "BooleanParam", "StringParam", "StringArrayParam", "IntArrayParam", "ObjectParam",
+           "HasFeatureCols", "HasLabelCol", "HasPredictionCol", "HasHandleInvalid",
+           "HasMaxEpochs", "HasBatchSize", "HasSeed", "HasWorkerNum", "HasNumThreads",
+           "HasTimeout"]
 
 
 class ParamValidator(Generic[T]):
@@ -208,6 +213,12 @@ class WithParams:
                             f"Parameters: {', '.join(names)}")
         return param
 
+    def _reject_unknown(self, names: Dict[str, Any]) -> None:
+        """A constructor's unknown keyword arguments as the TypeError Python would raise,
+        with a suggestion for a misspelt parameter."""
+        for name in names:
+            self._param_by_name(name)
+
     def get_param_map(self) -> Dict[Param, Any]:
         if not hasattr(self, "_param_map"):
             self._init_params()
@@ -229,3 +240,121 @@ class WithParams:
 
     def get(self, param: Param) -> Any:
         return self.get_param_map().get(param, param.default_value)
+
+
+# ---------------------------------------------------------------------- shared params
+# Mixins in FlinkML's style: one Param constant and its accessors, shared by the stages
+# that take it (the estimator and the model it fits read the same names).
+
+def _cols(cols) -> list:
+    """``set_x_cols("a", "b")`` and ``set_x_cols(["a", "b"])`` mean the same."""
+    if len(cols) == 1 and isinstance(cols[0], (list, tuple)):
+        return list(cols[0])
+    return list(cols)
+
+
+class HasFeatureCols(WithParams):
+    FEATURE_COLS = StringArrayParam("feature_cols", "Feature columns, in forward() order.", None)
+
+    def get_feature_cols(self) -> Optional[tuple]:
+        return self.get(self.FEATURE_COLS)
+
+    def set_feature_cols(self, *cols: str):
+        return self.set(self.FEATURE_COLS, _cols(cols))
+
+
+class HasLabelCol(WithParams):
+    LABEL_COL = StringParam("label_col", "The label column.", None)
+
+    def get_label_col(self) -> Optional[str]:
+        return self.get(self.LABEL_COL)
+
+    def set_label_col(self, col: str):
+        return self.set(self.LABEL_COL, col)
+
+
+class HasPredictionCol(WithParams):
+    PREDICTION_COL = StringParam("prediction_col", "Name of the prediction column.",
+                                 "prediction", ParamValidators.not_null())
+
+    def get_prediction_col(self) -> str:
+        return self.get(self.PREDICTION_COL)
+
+    def set_prediction_col(self, col: str):
+        return self.set(self.PREDICTION_COL, col)
+
+
+class HasHandleInvalid(WithParams):
+    HANDLE_INVALID = StringParam(
+        "handle_invalid", "What to do with a NULL/NaN feature: 'error' or 'skip'.", "error",
+        ParamValidators.in_array(["error", "skip"]))
+
+    def get_handle_invalid(self) -> str:
+        return self.get(self.HANDLE_INVALID)
+
+    def set_handle_invalid(self, value: str):
+        return self.set(self.HANDLE_INVALID, value)
+
+
+class HasMaxEpochs(WithParams):
+    MAX_EPOCHS = IntParam("max_epochs", "Passes over the table.", 1, ParamValidators.gt(0))
+
+    def get_max_epochs(self) -> int:
+        return self.get(self.MAX_EPOCHS)
+
+    def set_max_epochs(self, value: int):
+        return self.set(self.MAX_EPOCHS, value)
+
+
+class HasBatchSize(WithParams):
+    BATCH_SIZE = IntParam("batch_size", "Rows per batch, per worker.", 32,
+                          ParamValidators.gt(0))
+
+    def get_batch_size(self) -> int:
+        return self.get(self.BATCH_SIZE)
+
+    def set_batch_size(self, value: int):
+        return self.set(self.BATCH_SIZE, value)
+
+
+class HasSeed(WithParams):
+    SEED = IntParam("seed", "Seed for weights' init order, shuffling and validation split.", 0)
+
+    def get_seed(self) -> int:
+        return self.get(self.SEED)
+
+    def set_seed(self, value: int):
+        return self.set(self.SEED, value)
+
+
+class HasWorkerNum(WithParams):
+    WORKER_NUM = IntParam("worker_num", "Number of DDP workers (Flink subtasks).", 1,
+                          ParamValidators.gt(0))
+
+    def get_worker_num(self) -> int:
+        return self.get(self.WORKER_NUM)
+
+    def set_worker_num(self, value: int):
+        return self.set(self.WORKER_NUM, value)
+
+
+class HasNumThreads(WithParams):
+    NUM_THREADS = IntParam("num_threads", "Threads per worker (0: cores / parallelism).", 0,
+                           ParamValidators.gt_eq(0))
+
+    def get_num_threads(self) -> int:
+        return self.get(self.NUM_THREADS)
+
+    def set_num_threads(self, value: int):
+        return self.set(self.NUM_THREADS, value)
+
+
+class HasTimeout(WithParams):
+    TIMEOUT = FloatParam("timeout", "Seconds any distributed wait may take.", _TIMEOUT,
+                         ParamValidators.gt(0))
+
+    def get_timeout(self) -> float:
+        return self.get(self.TIMEOUT)
+
+    def set_timeout(self, value: float):
+        return self.set(self.TIMEOUT, value)

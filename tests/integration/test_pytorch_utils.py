@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from flink_torch_ml import (PyTorchClusterConfig, PyTorchContext, SchemaError, WorkerError,
                             create_table_environment, pytorch_utils)
+from flink_torch_ml.runtime.driver import active_runs
 
 
 # ---------------------------------------------------------------- entries (top-level)
@@ -270,17 +271,16 @@ def test_worker_killed_while_its_input_arrives_is_named(stream_env, tmp_path):
         except Exception as error:  # noqa: BLE001 - inspected below
             outcome["error"] = error
 
-    earlier = list(pytorch_utils._SERVERS)  # lazy runs of other tests may still be listed
+    earlier = active_runs()  # lazy runs of other tests may still be listed
     runner = threading.Thread(target=run)
     runner.start()
     deadline = time.monotonic() + 60
-    while not [s for s in pytorch_utils._SERVERS if s not in earlier] \
-            and time.monotonic() < deadline:
+    while not [r for r in active_runs() if r not in earlier] and time.monotonic() < deadline:
         time.sleep(0.05)
-    store = [s for s in pytorch_utils._SERVERS if s not in earlier][-1].store()
-    while not store.check(["a0/fed/1"]) and time.monotonic() < deadline:
+    store = [r for r in active_runs() if r not in earlier][-1].run_store()
+    while not store.has(store.keys.fed_rows(1)) and time.monotonic() < deadline:
         time.sleep(0.05)  # rank 1 has acknowledged data
-    port = int(store.get("a0/feed/1").decode().rsplit(":", 1)[1])
+    port = int(store.get_text(store.keys.feed_address(1)).rsplit(":", 1)[1])
     victim = pid_listening_on(port)
     assert victim is not None and victim != os.getpid()
     os.kill(victim, signal.SIGKILL)

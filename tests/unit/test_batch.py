@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.batch import feature_array, output_to_series
-from flink_torch_ml.spec import FeatureSpec, ModelSpec
+from flink_torch_ml.scoring.batch import feature_array, output_to_series
+from flink_torch_ml.scoring.spec import FeatureSpec, ModelSpec
 
 
 def scalar(name="x", dtype="float32", data_type=DataType.FLOAT_64):

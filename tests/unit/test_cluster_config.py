@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from flink_torch_ml import DataType, PyTorchClusterConfig, UnsupportedTypeError, WorkerError
-from flink_torch_ml.rendezvous import RendezvousInfo
-from flink_torch_ml.worker import JobSpec, run_node
+from flink_torch_ml.runtime.job_spec import JobSpec
+from flink_torch_ml.runtime.rendezvous import RendezvousInfo
+from flink_torch_ml.runtime.wire import Security, new_secret
+from flink_torch_ml.runtime.worker import run_node
 
 
 def entry(context):
@@ -67,15 +69,16 @@ def test_timeout_must_be_positive():
 
 def spec(client_pid):
     return JobSpec(entry, 2, {}, ["x"], ["FLOAT_32"], None, 1,
-                   RendezvousInfo("127.0.0.1", 1, "run", 1.0), client_pid, {4: 0, 0: 1})
+                   RendezvousInfo("127.0.0.1", 1, "run", 1.0, Security(new_secret())), client_pid,
+                   {4: 0, 0: 1})
 
 
 def test_worker_refuses_to_run_in_the_client_process():
     import os
     with pytest.raises(WorkerError, match="loopback"):
-        run_node(spec(os.getpid()), 0, 0, 0, [np.zeros(1, np.float32)])
+        run_node(spec(os.getpid()), 0, 0, [np.zeros(1, np.float32)])
 
 
 def test_worker_refuses_a_shard_on_the_wrong_subtask():
     with pytest.raises(WorkerError, match="Rank 1 landed on Flink subtask 0"):
-        run_node(spec(-1), 1, 0, 0, [np.zeros(1, np.float32)])
+        run_node(spec(-1), 1, 0, [np.zeros(1, np.float32)])

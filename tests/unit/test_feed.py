@@ -7,7 +7,24 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from flink_torch_ml.feed import FeedError, FeedSender, FeedServer
+from flink_torch_ml import FeedError
+from flink_torch_ml.runtime.feed import FeedSender, FeedServer, LivenessWatch, \
+    connect_authenticated
+from flink_torch_ml.runtime.wire import Security, new_secret, send_frame
+
+SECURITY = Security(new_secret())
+
+
+def closed_by_peer(conn) -> bool:
+    """True when the peer closed the connection (a FIN, or a reset for unread data)."""
+    try:
+        return conn.recv(64) == b""
+    except ConnectionResetError:
+        return True
+
+
+def new_server(timeout=5.0):
+    return FeedServer("127.0.0.1", timeout, SECURITY)
 
 
 def _batch(start: int, rows: int):
@@ -22,13 +39,13 @@ def _senders(servers, count, timeout=5.0):
     def record(rank, rows):
         sent[rank] += rows
 
-    senders = [FeedSender(len(servers), first, timeout, lambda r: servers[r].address, record)
-               for first in range(count)]
+    senders = [FeedSender(len(servers), first, timeout, SECURITY, lambda r: servers[r].address,
+                          record) for first in range(count)]
     return senders, sent
 
 
 def test_every_row_reaches_exactly_one_worker_in_near_equal_shares():
-    servers = [FeedServer("127.0.0.1", 5.0) for _ in range(2)]
+    servers = [new_server(5.0) for _ in range(2)]
     senders, sent = _senders(servers, 3)
     start = 0
     for i in range(7):  # 7 batches per sender, 3 senders, 2 workers
@@ -50,7 +67,7 @@ def test_every_row_reaches_exactly_one_worker_in_near_equal_shares():
 
 
 def test_missing_rows_fail_after_the_timeout_instead_of_waiting_forever():
-    server = FeedServer("127.0.0.1", 0.3)
+    server = new_server(0.3)
     senders, sent = _senders([server], 1)
     senders[0].send(_batch(0, 5))
     with pytest.raises(FeedError, match="Only 5 of the 9 rows"):
@@ -60,7 +77,7 @@ def test_missing_rows_fail_after_the_timeout_instead_of_waiting_forever():
 
 
 def test_more_rows_than_reported_is_an_error():
-    server = FeedServer("127.0.0.1", 1.0)
+    server = new_server(1.0)
     senders, _ = _senders([server], 1)
     senders[0].send(_batch(0, 5))
     with pytest.raises(FeedError, match="received 5 rows, but the senders reported 4"):
@@ -69,7 +86,7 @@ def test_more_rows_than_reported_is_an_error():
 
 
 def test_a_dead_worker_fails_the_sender_naming_rank_and_address():
-    servers = [FeedServer("127.0.0.1", 1.0) for _ in range(2)]
+    servers = [new_server(1.0) for _ in range(2)]
     address = servers[1].address
     senders, _ = _senders(servers, 1)
     senders[0].send(_batch(0, 3))  # to rank 0
@@ -79,22 +96,44 @@ def test_a_dead_worker_fails_the_sender_naming_rank_and_address():
     servers[0].close()
 
 
-def test_a_damaged_frame_is_reported_by_the_worker_and_not_acknowledged():
-    server = FeedServer("127.0.0.1", 1.0)
-    host, port = server.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=2) as conn:
-        conn.sendall(struct.pack("<Q", 4) + b"junk")
+def test_a_damaged_frame_from_an_authenticated_sender_is_reported_and_not_acknowledged():
+    feed = new_server(1.0)
+    with connect_authenticated(feed.address, SECURITY, 2.0) as conn:
+        send_frame(conn, b"junk")
         assert conn.recv(1) == b""  # closed, no acknowledgement
     with pytest.raises(FeedError, match="Receiving the shard failed"):
-        server.columns(1)
-    server.close()
+        feed.columns(1)
+    feed.close()
+
+
+def test_a_stranger_is_closed_without_touching_the_shard():
+    feed = new_server(2.0)
+    senders, sent = _senders([feed], 1)
+    host, port = feed.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2) as conn:
+        conn.recv(36)  # the challenge
+        conn.sendall(struct.pack("<Q", 4) + b"junk" + bytes(64))
+        assert closed_by_peer(conn)
+    senders[0].send(_batch(0, 5))  # the run goes on
+    assert len(feed.columns(sent[0])[0]) == 5 and feed.rejected == 1
+    feed.close()
+
+
+def test_a_sender_with_another_runs_secret_is_refused():
+    feed = new_server(1.0)
+    stranger = FeedSender(1, 0, 1.0, Security(new_secret()), lambda r: feed.address,
+                          lambda r, n: None)
+    with pytest.raises(FeedError, match="Could not connect to PyTorch worker rank 0"):
+        stranger.send(_batch(0, 1))
+    assert feed.rows == 0
+    feed.close()
 
 
 def test_a_lookup_error_reaches_the_caller():
     def lookup(rank):
         raise TimeoutError(f"rank {rank} never published its address")
 
-    sender = FeedSender(2, 1, 1.0, lookup, lambda r, n: None)
+    sender = FeedSender(2, 1, 1.0, SECURITY, lookup, lambda r, n: None)
     with pytest.raises(TimeoutError, match="rank 1 never published"):
         sender.send(_batch(0, 1))
 
@@ -102,10 +141,9 @@ def test_a_lookup_error_reaches_the_caller():
 def test_liveness_watch_tells_which_worker_went_away_first():
     import time
 
-    from flink_torch_ml.feed import LivenessWatch
-
-    servers = [FeedServer("127.0.0.1", 5.0) for _ in range(3)]
-    watch = LivenessWatch(lambda: {r: s.address for r, s in enumerate(servers)}, poll=0.05)
+    servers = [new_server(5.0) for _ in range(3)]
+    watch = LivenessWatch(lambda: {r: s.address for r, s in enumerate(servers)}, SECURITY,
+                          poll=0.05)
     time.sleep(0.5)  # connected
     assert watch.first_dead() == []
     servers[1].close()
@@ -123,20 +161,18 @@ def test_liveness_watch_tells_which_worker_went_away_first():
 def test_liveness_watch_counts_a_refused_address_as_gone_and_an_unreachable_one_as_unknown():
     import time
 
-    from flink_torch_ml.feed import LivenessWatch
-
-    gone = FeedServer("127.0.0.1", 5.0)
+    gone = new_server(5.0)
     address = gone.address
     gone.close()  # published, then nobody listens
-    alive = FeedServer("127.0.0.1", 5.0)
-    watch = LivenessWatch(lambda: {0: alive.address, 1: address}, poll=0.05)
+    alive = new_server(5.0)
+    watch = LivenessWatch(lambda: {0: alive.address, 1: address}, SECURITY, poll=0.05)
     deadline = time.monotonic() + 5
     while not watch.died and time.monotonic() < deadline:
         time.sleep(0.02)
     assert watch.first_dead() == [1]
     watch.stop()
     # a worker the client cannot reach at all: never guess a rank
-    blind = LivenessWatch(lambda: {0: alive.address, 1: "256.0.0.1:9"}, poll=0.05)
+    blind = LivenessWatch(lambda: {0: alive.address, 1: "256.0.0.1:9"}, SECURITY, poll=0.05)
     time.sleep(0.5)
     alive.close()
     deadline = time.monotonic() + 5

@@ -1,12 +1,10 @@
-import threading
-
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.shard import DataWriter, FlinkDataset, ShardBuffer, balance_plan
+from flink_torch_ml.runtime.shard import DataWriter, FlinkDataset, Shard, balance_plan
 
 
 @pytest.mark.parametrize("counts", [[10, 0], [0, 0], [5, 5], [7, 2, 0], [1, 1, 9, 0],
@@ -24,20 +22,15 @@ def test_balance_plan_gives_sizes_within_one_moving_minimum(counts):
     assert sum(m[2] for m in balance_plan(counts)) == minimum
 
 
-def buffer_of(*batches, done=True):
-    buffer = ShardBuffer(timeout=2)
-    for batch in batches:
-        buffer.add(batch)
-    if done:
-        buffer.finish()
-    return buffer
+def shard_of(*columns):
+    return Shard(list(columns))
 
 
 def test_dataset_yields_rows_as_tensors_epochs_times():
     ids = np.arange(5, dtype=np.int64)
     vectors = np.arange(10, dtype=np.float32).reshape(5, 2)
-    dataset = FlinkDataset(buffer_of([ids[:3], vectors[:3]], [ids[3:], vectors[3:]]),
-                           [DataType.INT_64, DataType.FLOAT_32_ARRAY], epochs=2)
+    dataset = FlinkDataset(shard_of(ids, vectors), [DataType.INT_64, DataType.FLOAT_32_ARRAY],
+                           epochs=2)
     rows = list(dataset)
     assert len(rows) == len(dataset) == 10
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4] * 2
@@ -46,26 +39,33 @@ def test_dataset_yields_rows_as_tensors_epochs_times():
     assert batch[0].tolist() == [0, 1, 2, 3] and batch[1].shape == (4, 2)
 
 
-def test_dataset_fast_batches_cross_arrival_batches():
+def test_dataset_fast_batches():
     ids = np.arange(7, dtype=np.float64)
-    dataset = FlinkDataset(buffer_of([ids[:2]], [ids[2:6]], [ids[6:]]), [DataType.FLOAT_64])
+    dataset = FlinkDataset(shard_of(ids), [DataType.FLOAT_64])
     assert [b[0].tolist() for b in dataset.batches(3)] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_dataset_waits_for_batches_still_arriving_but_not_forever():
-    buffer = buffer_of(done=False)
-    dataset = FlinkDataset(buffer, [DataType.INT_64])
-    threading.Timer(0.2, lambda: (buffer.add([np.array([7])]), buffer.finish())).start()
-    assert [int(r[0]) for r in dataset] == [7]
-    with pytest.raises(TimeoutError, match="No input from Flink"):
-        list(FlinkDataset(buffer_of(done=False), [DataType.INT_64]))
+def test_dataset_of_ragged_arrays_and_strings():
+    ragged = np.empty(3, dtype=object)
+    ragged[:] = [np.array([1.0]), np.array([2.0, 3.0]), np.array([], dtype=np.float64)]
+    names = np.array(["a", "b", "c"], dtype=object)
+    dataset = FlinkDataset(shard_of(ragged, names), [DataType.FLOAT_32_ARRAY, DataType.STRING])
+    rows = list(dataset)
+    assert [r[0].tolist() for r in rows] == [[1.0], [2.0, 3.0], []]
+    assert rows[1][0].dtype == torch.float32 and [r[1] for r in rows] == ["a", "b", "c"]
+    first = next(dataset.batches(2))
+    assert [t.tolist() for t in first[0]] == [[1.0], [2.0, 3.0]] and first[1] == ["a", "b"]
+
+
+def test_empty_shard_yields_nothing():
+    dataset = FlinkDataset(shard_of(np.empty((0, 4), np.float32)), [DataType.FLOAT_32_ARRAY])
+    assert list(dataset) == [] and list(dataset.batches(8)) == [] and len(dataset) == 0
 
 
 def test_loader_workers_split_rather_than_repeat_rows():
-    batches = [[np.arange(i * 10, i * 10 + 10)] for i in range(4)]
-    dataset = FlinkDataset(buffer_of(*batches), [DataType.INT_64])
+    dataset = FlinkDataset(shard_of(np.arange(4000)), [DataType.INT_64])
     loader = DataLoader(dataset, batch_size=None, num_workers=2)
-    assert sorted(int(r[0]) for r in loader) == list(range(40))
+    assert sorted(int(r[0]) for r in loader) == list(range(4000))
 
 
 def test_writer_checks_arity_and_types_and_converts_tensors():

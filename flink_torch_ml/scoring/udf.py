@@ -12,8 +12,8 @@ from pyflink.table import Table
 from pyflink.table.expressions import col
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
+from ..runtime.orphan_guard import start_orphan_guard
 from .batch import features_to_arrays, output_to_series
-from .orphan_guard import start_orphan_guard
 from .runner import ModelRunner
 from .spec import ModelSpec
 

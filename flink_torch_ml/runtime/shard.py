@@ -1,71 +1,29 @@
-"""A worker's shard of the input table: columnar batches, the torch Dataset over them, and the
-writer that sends rows back to Flink. Free of Flink imports, so it can be tested on its own.
-
-Batches may arrive all at once or while training runs: the first epoch iterates batches as
-they come (every wait bounded), later epochs replay the kept batches.
+"""A worker's shard of the input table, the torch Dataset over it, and the writer that sends
+rows back to Flink. Free of Flink imports, so it can be tested on its own.
 """
 
-import threading
-import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .data_types import DataType
-from .errors import InvalidDataError
+from ..data_types import DataType
+from ..errors import InvalidDataError
+from .columns import Columns
 
-__all__ = ["ShardBuffer", "FlinkDataset", "DataWriter"]
+__all__ = ["Shard", "FlinkDataset", "DataWriter", "balance_plan"]
 
-Batch = List[np.ndarray]  # one array per column: [rows] scalars, [rows, n] arrays
+#: rows a DataLoader worker takes at a time when a loader with num_workers > 0 splits a shard
+_LOADER_CHUNK = 1024
 
 
-class ShardBuffer:
-    """Thread-safe store of the shard's batches, with an end-of-input mark."""
+class Shard:
+    """The rows one worker holds once its input has ended: one numpy array per column."""
 
-    def __init__(self, timeout: float = 180.0):
-        self._batches: List[Batch] = []
-        self._done = False
-        self._error: Optional[BaseException] = None
-        self._cond = threading.Condition()
-        self.timeout = timeout
-        self.rows = 0
-
-    def add(self, batch: Batch) -> None:
-        with self._cond:
-            self._batches.append(batch)
-            self.rows += len(batch[0]) if batch else 0
-            self._cond.notify_all()
-
-    def finish(self, error: Optional[BaseException] = None) -> None:
-        with self._cond:
-            self._done, self._error = True, error
-            self._cond.notify_all()
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def iter_batches(self) -> Iterator[Batch]:
-        """Every batch in arrival order, waiting (bounded) for batches still to come."""
-        index = 0
-        while True:
-            with self._cond:
-                deadline = time.monotonic() + self.timeout
-                while index >= len(self._batches) and not self._done:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"No input from Flink for {self.timeout:.0f} s "
-                                           f"while reading the shard")
-                    self._cond.wait(remaining)
-                if self._error is not None:
-                    raise RuntimeError("Reading the input from Flink failed") from self._error
-                if index >= len(self._batches):
-                    return
-                batch = self._batches[index]
-            index += 1
-            yield batch
+    def __init__(self, columns: Columns):
+        self.columns = columns
+        self.rows = len(columns[0]) if columns else 0
 
 
 class FlinkDataset(IterableDataset):
@@ -75,48 +33,41 @@ class FlinkDataset(IterableDataset):
     With a DataLoader using ``num_workers > 0`` the rows are split between loader workers
     instead of being repeated."""
 
-    def __init__(self, buffer: ShardBuffer, types: Sequence[DataType], epochs: int = 1):
-        self._buffer = buffer
+    def __init__(self, shard: Shard, types: Sequence[DataType], epochs: int = 1):
+        self._shard = shard
         self._types = list(types)
         self.epochs = epochs
 
     def __iter__(self) -> Iterator[Tuple]:
         info = get_worker_info()
         part, parts = (info.id, info.num_workers) if info else (0, 1)
+        columns = [_as_tensors(c, t) for c, t in zip(self._shard.columns, self._types)]
+        chunk = _LOADER_CHUNK if parts > 1 else max(self._shard.rows, 1)
         for _ in range(self.epochs):
-            for number, batch in enumerate(self._buffer.iter_batches()):
+            for number, start in enumerate(range(0, self._shard.rows, chunk)):
                 if number % parts != part:
                     continue
-                columns = [_as_tensor(c, t) for c, t in zip(batch, self._types)]
-                for i in range(len(batch[0]) if batch else 0):
+                for i in range(start, min(start + chunk, self._shard.rows)):
                     yield tuple(c[i] for c in columns)
 
     def batches(self, batch_size: int) -> Iterator[Tuple]:
-        """The fast path: tuples of ``[batch_size, ...]`` tensors, one epoch."""
-        pending: List[Batch] = []
-        size = 0
-        for batch in self._buffer.iter_batches():
-            pending.append(batch)
-            size += len(batch[0])
-            while size >= batch_size:
-                merged = [np.concatenate(cols) for cols in zip(*pending)]
-                head = [c[:batch_size] for c in merged]
-                rest = [c[batch_size:] for c in merged]
-                yield tuple(_as_tensor(c, t) for c, t in zip(head, self._types))
-                pending, size = ([rest], len(rest[0])) if len(rest[0]) else ([], 0)
-        if size:
-            merged = [np.concatenate(cols) for cols in zip(*pending)]
-            yield tuple(_as_tensor(c, t) for c, t in zip(merged, self._types))
+        """The fast path: tuples of ``[batch_size, ...]`` tensors (a list of 1-d tensors for
+        arrays of different lengths), one epoch."""
+        columns = [_as_tensors(c, t) for c, t in zip(self._shard.columns, self._types)]
+        for start in range(0, self._shard.rows, batch_size):
+            yield tuple(c[start:start + batch_size] for c in columns)
 
     def __len__(self) -> int:
-        if not self._buffer.done:
-            raise TypeError("The shard's length is known only once all input has arrived")
-        return self._buffer.rows * self.epochs
+        return self._shard.rows * self.epochs
 
 
-def _as_tensor(column: np.ndarray, data_type: DataType):
+def _as_tensors(column: np.ndarray, data_type: DataType):
+    """A column as one tensor, or a list (strings; 1-d tensors of arrays of different
+    lengths)."""
     if data_type is DataType.STRING:
         return list(column)
+    if column.dtype == object:
+        return [torch.from_numpy(np.asarray(v, dtype=data_type.numpy_dtype)) for v in column]
     return torch.from_numpy(np.ascontiguousarray(column, dtype=data_type.numpy_dtype))
 
 

@@ -8,7 +8,7 @@ from typing import List, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidDataError
+from ..errors import InvalidDataError
 from .spec import FeatureSpec, ModelSpec
 
 __all__ = ["feature_array", "features_to_arrays", "output_to_series"]

@@ -12,17 +12,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from ._version import __version__
-from .errors import ChecksumMismatchError, ModelFormatError
+from .._version import __version__
+from ..errors import ChecksumMismatchError, ModelFormatError
 from .export import FORMATS
 from .spec import ModelSpec
 
 __all__ = ["METADATA_FILE", "METADATA_VERSION", "SavedModel", "write_model_dir",
-           "read_model_dir"]
+           "read_model_dir", "write_flinkml_metadata", "MODEL_STAGE"]
 
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
 MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+#: the stage FlinkML's loader rebuilds from a saved model directory
+MODEL_STAGE = ("flink_torch_ml.model", "PyTorchModel")
 
 
 @dataclass
@@ -37,7 +39,8 @@ class SavedModel:
 
 def write_model_dir(path: str, model_format: str, model_bytes: bytes, spec: ModelSpec,
                     extra: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> None:
-    """Write the model file and its metadata; refuse to overwrite an existing model."""
+    """Write the model file, its metadata and FlinkML's ``metadata`` file; refuse to
+    overwrite an existing model."""
     if model_format not in FORMATS:
         raise ModelFormatError(f"Unknown model format {model_format!r}; use one of {FORMATS}")
     metadata_path = os.path.join(path, METADATA_FILE)
@@ -64,6 +67,21 @@ def write_model_dir(path: str, model_format: str, model_bytes: bytes, spec: Mode
     }
     with open(metadata_path, "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
+    write_flinkml_metadata(path, *MODEL_STAGE)
+
+
+def write_flinkml_metadata(path: str, module_name: str, class_name: str,
+                           extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write the ``metadata`` file FlinkML's own loader reads (a pickled dict naming the
+    stage's module and class; FlinkML then calls ``cls.load(t_env, path)``), so FlinkML
+    pipelines can reload our stages. Our own loaders never read it."""
+    import pickle
+
+    metadata = {"module_name": module_name, "class_name": class_name,
+                "timestamp": time.time(), "param_map": {}, **(extra or {})}
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metadata"), "wb") as f:
+        pickle.dump(metadata, f, protocol=4)
 
 
 def read_model_dir(path: str) -> SavedModel:

@@ -1,46 +1,39 @@
-"""The Flink side of running W PyTorch workers at once, each on a disjoint shard of a table.
+"""The Flink job of a distributed run, defined in the client: W PyTorch workers at once, each
+on a disjoint shard of a table.
 
-Mechanism (see ../shared/ARCHITECTURE.md and the README's "How training runs"):
+Mechanism (see the README's "How training runs"; the functions are in ``operators.py``):
 - a vectorized UDF over the input table (``FeedFunction``) gets Arrow batches from Flink and
-  sends each one, checked and converted to numpy, to a worker's feed server (``feed.py``),
-  round-robin, while the source runs;
+  sends each one, checked, to a worker's feed server (``feed.py``), round-robin, while the
+  source runs;
 - the workers live in a row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(constant rowtime)``
   (``NodeFunction``) that receives only one pad row per shard: its Python process opens at job
   start and starts the feed server; the window fires at the end of input, after every batch
   was acknowledged, and runs the node there. Shard keys are chosen by asking the JVM which
-  subtask a key lands on, so shard r runs on subtask r. Training logic lives in ``worker.py``.
+  subtask a key lands on, so shard r runs on subtask r.
 """
 
 import os
-import pickle
+import re
 import sys
-import threading
-import time
 import uuid
 from typing import List, Optional, Tuple
 
-import numpy as np
-import pandas as pd
 from pyflink.table import DataTypes, Schema, Table
-from pyflink.table.udf import AggregateFunction, ScalarFunction, TableFunction, udaf, udf, udtf
+from pyflink.table.udf import udaf, udf, udtf
 
-from .data_types import DataType
-from .errors import SchemaError
-from .feed import FeedSender, FeedServer
-from .orphan_guard import start_orphan_guard
-from .worker import (FEED, JobSpec, WorkerError, announce_deployed, columns_from_pandas,
-                     record_error, run_key, run_node)
+from .._defaults import ARROW_BATCH_ROWS, MAX_PARALLELISM, TIMEOUT
+from ..data_types import DataType
+from ..errors import SchemaError
+from .job_spec import JobSpec
+from .operators import ExplodeRows, FeedFunction, NodeFunction
 
 __all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
-           "MAX_PARALLELISM"]
+           "check_input_types", "is_local", "results_sink", "unbounded_sources"]
 
 SHARD, ROWTIME = "__ftm_shard", "__ftm_rowtime"
-MAX_PARALLELISM = 128
-#: rows per batch the feed ships to a worker, unless python.fn-execution.* says otherwise
-FEED_BATCH_ROWS = 10_000
 
 
-def check_environment(t_env, world_size: int, timeout: float = 180.0) -> None:
+def check_environment(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
     """Fail before submission when the environment cannot run W workers together, and set
     what the workers need (interpreter, parallelism, max parallelism)."""
     from pyflink.table import StreamTableEnvironment
@@ -62,7 +55,7 @@ def check_environment(t_env, world_size: int, timeout: float = 180.0) -> None:
                          "in parallel: import flink_torch_ml before creating the environment "
                          "(or set os.environ['_python_worker_execution_mode'] = 'process')")
     slots = config.get("taskmanager.numberOfTaskSlots", None)
-    if slots is not None and int(slots) < world_size and _is_local(t_env):
+    if slots is not None and int(slots) < world_size and is_local(t_env):
         raise ValueError(f"world_size={world_size} PyTorch workers must run at the same time, "
                          f"but this local environment has taskmanager.numberOfTaskSlots="
                          f"{slots}; raise it to at least {world_size} or lower world_size")
@@ -72,12 +65,13 @@ def check_environment(t_env, world_size: int, timeout: float = 180.0) -> None:
         config.set("slot.request.timeout", f"{int(timeout * 1000)} ms")
     for option in ("python.fn-execution.arrow.batch.size", "python.fn-execution.bundle.size"):
         if config.get(option, None) is None:  # the feed's batches: 1,000 rows by default
-            config.set(option, str(FEED_BATCH_ROWS))
+            config.set(option, str(ARROW_BATCH_ROWS))
     config.set("parallelism.default", str(world_size))
     config.set("pipeline.max-parallelism", str(MAX_PARALLELISM))
 
 
-def _is_local(t_env) -> bool:
+def is_local(t_env) -> bool:
+    """True on Flink's embedded mini-cluster (the job runs inside this process's JVM)."""
     from pyflink.util.java_utils import get_j_env_configuration, is_local_deployment
 
     try:
@@ -114,175 +108,13 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class FeedFunction(ScalarFunction):
-    """A vectorized UDF over the input table: each Arrow batch Flink hands it is checked,
-    converted to numpy columns and sent to the next PyTorch worker (round-robin). Returns
-    -1 per row (filtered out before the workers' operator)."""
-
-    def __init__(self, spec: JobSpec):
-        self._spec = spec
-        self._sender: Optional[FeedSender] = None
-        self._store = None
-        self._attempt = 0
-        self._subtask = 0
-        self._types = [DataType.from_name(t) for t in spec.input_types]
-
-    def is_deterministic(self) -> bool:
-        return False  # it has a side effect: never fold, reorder or drop its calls
-
-    def open(self, function_context) -> None:
-        self._subtask = function_context.get_index_of_this_subtask()
-        self._attempt = function_context.get_attempt_number()
-        start_orphan_guard()  # a killed TaskManager must not leave this process behind
-
-    def _start(self) -> FeedSender:
-        from .rendezvous import connect
-
-        spec, attempt = self._spec, self._attempt
-        store = self._store = connect(spec.rendezvous)
-
-        def lookup(rank: int) -> str:
-            key = run_key(attempt, f"feed/{rank}")
-            deadline = time.monotonic() + spec.timeout
-            while not store.check([key]):
-                if store.check([run_key(attempt, "first_error")]):
-                    raise WorkerError(f"The run failed before rank {rank} could receive data")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"PyTorch worker rank {rank} did not start receiving data within "
-                        f"{spec.timeout:.0f} s (fewer free task slots than world_size="
-                        f"{spec.world_size}, or the worker died at start-up)")
-                time.sleep(0.01)
-            return store.get(key).decode()
-
-        def sent(rank: int, rows: int) -> None:
-            store.add(run_key(attempt, f"fed/{rank}"), rows)
-
-        return FeedSender(spec.world_size, self._subtask, spec.timeout, lookup, sent)
-
-    def eval(self, *series: pd.Series) -> pd.Series:
-        spec = self._spec
-        try:
-            if self._sender is None:
-                self._sender = self._start()
-            columns = columns_from_pandas(list(series), spec.input_names, self._types)
-            self._sender.send(columns)
-        except BaseException as error:
-            self._record(error)
-            raise
-        return pd.Series(np.full(len(series[0]), -1, dtype=np.int32))
-
-    def _record(self, error: BaseException) -> None:
-        """Record the error like a worker's, so the client reports it rather than Flink's
-        wrapping of it (a worker's own earlier error stays the one reported)."""
-        try:
-            if self._store is None:
-                from .rendezvous import connect
-                self._store = connect(self._spec.rendezvous)
-            record_error(self._store, self._attempt, FEED, f"{type(error).__name__}: {error}",
-                         type(error).__name__)
-        except Exception:  # the client is gone; Flink still reports the error
-            pass
-
-    def close(self) -> None:
-        if self._sender is not None:
-            self._sender.close()
-
-
-def _warm_up_torch() -> None:
-    """Import what training entries need while the input is still arriving: creating the
-    first optimizer imports torch._dynamo, over a second on a small machine."""
-    try:
-        import torch._dynamo  # noqa: F401
-        import torch.distributed  # noqa: F401
-        import torch.optim  # noqa: F401
-    except Exception:  # only a warm-up: the entry's own import reports any real problem
-        pass
-
-
-class NodeFunction(AggregateFunction):
-    """A row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(rowtime)`` hosting one PyTorch
-    worker per shard: open() starts the worker's feed server (its Python process opens at
-    the shard's pad row, so while the input still streams); the window fires at the end of
-    input, when every batch has been delivered, and get_value() runs the node."""
-
-    def __init__(self, spec: JobSpec):
-        self._spec = spec
-        self._subtask = -1
-        self._attempt = 0
-        self._server: Optional[FeedServer] = None
-        self._store = None
-        self._warm_up: Optional[threading.Thread] = None
-
-    def open(self, function_context) -> None:
-        from .rendezvous import connect, local_address_towards
-
-        spec = self._spec
-        self._subtask = function_context.get_index_of_this_subtask()
-        self._attempt = function_context.get_attempt_number()
-        start_orphan_guard()
-        self._store = connect(spec.rendezvous)
-        self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout)
-        self._store.set(run_key(self._attempt, f"feed/{self._subtask}"), self._server.address)
-        announce_deployed(self._store)
-        if spec.output_types is None:  # a training run: its entry will create an optimizer
-            self._warm_up = threading.Thread(target=_warm_up_torch, daemon=True,
-                                             name="ftm-warm-up")
-            self._warm_up.start()
-
-    def create_accumulator(self):
-        return [-1]
-
-    def get_accumulator_type(self):
-        return DataTypes.ARRAY(DataTypes.INT())
-
-    def get_result_type(self):
-        return DataTypes.BYTES()
-
-    def accumulate(self, accumulator, shard):
-        accumulator[0] = shard
-
-    def get_value(self, accumulator):
-        received = time.time()
-        spec, server, store = self._spec, self._server, self._store
-        rank = spec.key_to_rank[int(accumulator[0])]
-
-        def columns():
-            expected = store.add(run_key(self._attempt, f"fed/{rank}"), 0)
-            if expected == 0:  # an empty shard (tiny input): typed empty columns
-                types = [DataType.from_name(t) for t in spec.input_types]
-                return columns_from_pandas([pd.Series([], dtype=object) for _ in types],
-                                           spec.input_names, types)
-            return server.columns(expected)
-
-        if self._warm_up is not None:  # no imports in two threads at once (import deadlocks)
-            self._warm_up.join(spec.timeout)
-        try:
-            result = run_node(spec, rank, self._subtask, self._attempt, columns)
-        finally:
-            server.close()
-        result.update(received_at=received, first_batch_at=server.first_batch_at)
-        return pickle.dumps(result)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-class ExplodeRows(TableFunction):
-    """Turns a worker's pickled result into the rows it wrote."""
-
-    def eval(self, payload: bytes):
-        for row in pickle.loads(payload)["output"] or ():
-            yield row
-
-
 def explode_rows_udtf(output_types: List[DataType]):
+    """The table function turning a worker's result into the rows it wrote."""
     return udtf(ExplodeRows(), result_types=[t.to_flink() for t in output_types])
 
 
 def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> Table:
-    """A table with one row (shard key, result bytes) per worker, produced when the job runs.
+    """A table with one row (shard key, JSON result) per worker, produced when the job runs.
 
     The input goes through ``FeedFunction`` (batches to the workers while the source runs);
     its output is filtered away, so the workers' operator sees only one pad row per shard
@@ -311,6 +143,8 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
                           "read every row once, so they need an insert-only table: aggregate "
                           "over a window, or write the result to a table and read that") \
             from None
+    _refuse_unbounded(t_env, stream)
+    _forget_transformation(t_env, stream)
     timed = t_env.from_data_stream(stream, Schema.new_builder()
                                    .column_by_expression(ROWTIME, "TO_TIMESTAMP_LTZ(0, 3)")
                                    .watermark(ROWTIME, ROWTIME)
@@ -322,6 +156,94 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
     return t_env.sql_query(
         f"SELECT {SHARD} AS `shard`, {node}({SHARD}) AS `node_result` FROM {view} "
         f"GROUP BY {SHARD}, TUMBLE({ROWTIME}, INTERVAL '1' DAY)")
+
+
+_TABLE_NAME = re.compile(r"table=\[\[([^\]]+)\]\]")
+
+
+def unbounded_sources(t_env, stream) -> List[str]:
+    """The names of the sources upstream of a DataStream that certainly never end, e.g.
+    ``default_catalog.default_database.clicks``. Only certain verdicts count (refusing a
+    table that would have ended is worse than not catching one that will not):
+    - a unified-Source-API source (Kafka, files, ...) declares its boundedness;
+    - input-format sources (``VALUES``, ``from_elements``) always end;
+    - other legacy sources are read from their table's options where those decide it
+      (``datagen`` without ``number-of-rows`` and without a ``sequence`` field)."""
+    names = []
+    for transformation in stream._j_data_stream.getTransformation().getTransitivePredecessors():
+        kind = str(transformation.getClass().getSimpleName())
+        if kind not in ("SourceTransformation", "LegacySourceTransformation"):
+            continue
+        if str(transformation.getBoundedness().toString()) != "CONTINUOUS_UNBOUNDED":
+            continue
+        name = str(transformation.getName())
+        found = _TABLE_NAME.search(name)
+        name = found.group(1).replace(", ", ".") if found else re.sub(r"\[\d+\]$", "", name)
+        if kind == "LegacySourceTransformation":
+            function = str(transformation.getOperator().getUserFunction().getClass().getName())
+            if "InputFormatSourceFunction" in function or \
+                    not _options_say_unbounded(_table_options(t_env, name)):
+                continue
+        names.append(name)
+    return names
+
+
+def _table_options(t_env, name: str) -> Optional[dict]:
+    """The connector options of the catalog table ``name`` (as a source names it), or None."""
+    try:
+        from pyflink.java_gateway import get_gateway
+
+        manager = t_env._j_tenv.getCatalogManager()
+        parts = name.split(".")
+        catalog = parts[-3] if len(parts) >= 3 else manager.getCurrentCatalog()
+        database = parts[-2] if len(parts) >= 2 else manager.getCurrentDatabase()
+        identifier = get_gateway().jvm.org.apache.flink.table.catalog.ObjectIdentifier.of(
+            catalog, database, parts[-1])
+        table = manager.getTable(identifier)
+        if not table.isPresent():
+            return None
+        return {str(k): str(v) for k, v in dict(
+            table.get().getResolvedTable().getOptions()).items()}
+    except Exception:  # a view, or a catalog we cannot read: no verdict
+        return None
+
+
+def _options_say_unbounded(options: Optional[dict]) -> bool:
+    if not options or options.get("connector") != "datagen":
+        return False
+    sequence = any(k.startswith("fields.") and k.endswith(".kind") and v == "sequence"
+                   for k, v in options.items())
+    return "number-of-rows" not in options and not sequence
+
+
+def _refuse_unbounded(t_env, stream) -> None:
+    sources = unbounded_sources(t_env, stream)
+    if sources:
+        raise SchemaError(
+            f"The input table is unbounded (source {', '.join(sources)} never ends), so the "
+            f"workers would wait for the end of input forever. Training reads a bounded "
+            f"table: use a bounded source (e.g. set 'number-of-rows' for datagen, a bounded "
+            f"scan for Kafka or files), or train online on unbounded input")
+
+
+def _forget_transformation(t_env, stream) -> None:
+    """``to_data_stream`` registers the stream's transformation with the
+    StreamExecutionEnvironment; the run's table job carries it anyway, so remove it there,
+    or a later ``env.execute()`` of the user's would run it again."""
+    try:
+        j_env = t_env._get_j_env()
+        j_env.getTransformations().remove(stream._j_data_stream.getTransformation())
+    except Exception:  # pragma: no cover - an internal API; leaving it is harmless for us
+        pass
+
+
+def results_sink():
+    """A blackhole sink for a run's results table, for runs added to a StatementSet."""
+    from pyflink.table import TableDescriptor
+
+    return (TableDescriptor.for_connector("blackhole")
+            .schema(Schema.new_builder().column("shard", DataTypes.INT())
+                    .column("node_result", DataTypes.STRING()).build()).build())
 
 
 def table_columns(table: Table) -> Tuple[List[str], list]:

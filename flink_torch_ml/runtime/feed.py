@@ -3,55 +3,58 @@ source still runs, so a worker's shard is in its memory when the input ends.
 
 A ``FeedServer`` runs in each worker's Python process; ``FeedSender`` runs in the Python
 processes of the operator that reads the table (its vectorized UDF gets Arrow batches from
-Flink). The sender looks the server's address up in the run's store, sends each batch as one
-length-prefixed frame and waits for the server's acknowledgement, so every batch a sender's
-call returned for is in a worker's memory. Every wait is bounded. Free of Flink imports.
+Flink). The sender looks the server's address up in the run's store, authenticates with the
+run's secret, sends each batch as one Arrow IPC frame and waits for the server's
+acknowledgement, so every batch a sender's call returned for is in a worker's memory. A
+connection that fails the handshake or the framing is closed without touching the shard.
+Every wait is bounded. Free of Flink imports.
 """
 
-import pickle
 import socket
-import struct
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
+from ..errors import AuthenticationError, FeedError, FrameError
+from .columns import Columns, concat_columns, decode_columns, encode_columns
+from .wire import (HANDSHAKE_TIMEOUT, Security, client_handshake, log_rejected, recv_frame,
+                   send_frame, serve_handshake)
 
-__all__ = ["FeedServer", "FeedSender", "FeedError", "LivenessWatch"]
+__all__ = ["FeedServer", "FeedSender", "LivenessWatch", "connect_authenticated"]
 
-_HEADER = struct.Struct("<Q")
 _ACK = b"\x01"
 
 
-class FeedError(ConnectionError):
-    """A batch could not be delivered to a PyTorch worker, or arrived damaged."""
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> Optional[memoryview]:
-    """``size`` bytes from ``sock``; None at a clean end of stream before the first byte."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            if got == 0:
-                return None
-            raise FeedError(f"the connection closed after {got} of {size} bytes of a batch")
-        got += n
-    return view
+def connect_authenticated(address: str, security: Security, timeout: float) -> socket.socket:
+    """An authenticated connection to a feed server at ``host:port``."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = security.wrap_client(sock)
+        client_handshake(sock, security, min(timeout, HANDSHAKE_TIMEOUT))
+        sock.settimeout(timeout)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 class FeedServer:
-    """Receives the batches of one worker's shard; one thread per connected sender."""
+    """Receives the batches of one worker's shard; one thread per connected sender. Only
+    peers that pass the handshake are read; a stranger's connection is closed and logged,
+    and never affects the shard."""
 
-    def __init__(self, address: str, timeout: float):
+    def __init__(self, address: str, timeout: float, security: Security):
         self._sock = socket.create_server((address, 0))
         self.address = f"{address}:{self._sock.getsockname()[1]}"
         self._timeout = timeout
+        self._security = security
         self._lock = threading.Lock()
-        self._batches: List[List[np.ndarray]] = []
+        self._arrived = threading.Condition(self._lock)
+        self._batches: List[Columns] = []
         self.rows = 0
+        self.rejected = 0  # connections closed for failing the handshake
         self.first_batch_at: Optional[float] = None
         self.error: Optional[BaseException] = None
         self._closed = False
@@ -61,7 +64,7 @@ class FeedServer:
     def _accept(self) -> None:
         while not self._closed:
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except OSError:
                 return
             with self._lock:
@@ -69,60 +72,74 @@ class FeedServer:
                     conn.close()
                     return
                 self._connections.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                              name="ftm-feed-recv").start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer) -> None:
         try:
-            with conn:
-                while True:
-                    header = _recv_exactly(conn, _HEADER.size)
-                    if header is None:
-                        return
-                    (size,) = _HEADER.unpack(header)
-                    payload = _recv_exactly(conn, size)
-                    if payload is None:
-                        raise FeedError("the connection closed before a batch's payload")
-                    columns = pickle.loads(payload)
-                    with self._lock:
-                        self._batches.append(columns)
-                        self.rows += len(columns[0]) if columns else 0
-                        if self.first_batch_at is None:
-                            self.first_batch_at = time.time()
-                    conn.sendall(_ACK)
-        except BaseException as error:  # noqa: BLE001 - reported at end of input
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            conn = self._security.wrap_server(conn)
+            serve_handshake(conn, self._security)
+        except (OSError, AuthenticationError, FrameError, ValueError) as error:
+            with self._lock:
+                self.rejected += 1
             if not self._closed:
+                log_rejected("a PyTorch worker's feed", peer, error)
+            self._drop(conn)
+            return
+        try:
+            while True:
+                payload = recv_frame(conn, self._security.max_frame_bytes)
+                if payload is None:
+                    return
+                columns = decode_columns(payload)
+                del payload
+                with self._lock:
+                    self._batches.append(columns)
+                    self.rows += len(columns[0]) if columns else 0
+                    if self.first_batch_at is None:
+                        self.first_batch_at = time.time()
+                    self._arrived.notify_all()
+                conn.sendall(_ACK)
+        except BaseException as error:  # noqa: BLE001 - an authenticated sender broke: the
+            if not self._closed:        # shard is incomplete; reported at end of input
                 with self._lock:
                     self.error = self.error or error
+                    self._arrived.notify_all()
+        finally:
+            self._drop(conn)
 
-    def columns(self, expected_rows: int) -> List[np.ndarray]:
+    def _drop(self, conn: socket.socket) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def columns(self, expected_rows: int) -> Columns:
         """The whole shard, column by column, once ``expected_rows`` rows have arrived (they
         have when every sender's call returned; the wait only covers a late acknowledgement).
         Hands the batches over: call it once."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            with self._lock:
-                if self.error is not None:
-                    raise FeedError(f"Receiving the shard failed: {self.error!r}") \
-                        from self.error
-                if self.rows >= expected_rows:
-                    batches, rows = self._batches, self.rows
-                    self._batches = []  # the caller owns the shard now: one copy in memory
-                    break
-            if time.monotonic() > deadline:
+        with self._lock:
+            arrived = self._arrived.wait_for(
+                lambda: self.error is not None or self.rows >= expected_rows, self._timeout)
+            if self.error is not None:
+                raise FeedError(f"Receiving the shard failed: {self.error!r}") from self.error
+            if not arrived:
                 raise FeedError(f"Only {self.rows} of the {expected_rows} rows sent to this "
                                 f"worker arrived within {self._timeout:.0f} s")
-            time.sleep(0.01)
+            batches, rows = self._batches, self.rows
+            self._batches = []  # the caller owns the shard now: one copy in memory
         if rows != expected_rows:
             raise FeedError(f"This worker received {rows} rows, but the senders reported "
                             f"{expected_rows}: a batch was delivered twice")
-        if not batches:
-            return []
-        if len(batches) == 1:
-            return batches[0]
+        if len(batches) <= 1:
+            return batches[0] if batches else []
         columns = []
         for index in range(len(batches[0])):  # column by column, freeing each as it goes
-            columns.append(np.concatenate([batch[index] for batch in batches]))
+            columns.append(concat_columns([[batch[index]] for batch in batches])[0])
             for batch in batches:
                 batch[index] = None
         return columns
@@ -147,24 +164,24 @@ class FeedSender:
     waits, bounded, until the worker published it); ``sent(rank, rows)`` records each
     delivered batch (the worker checks the total at end of input)."""
 
-    def __init__(self, world_size: int, first_target: int, timeout: float,
+    def __init__(self, world_size: int, first_target: int, timeout: float, security: Security,
                  lookup: Callable[[int], str], sent: Callable[[int, int], None]):
         self._world_size = world_size
         self._next = first_target % world_size
         self._timeout = timeout
+        self._security = security
         self._lookup, self._sent = lookup, sent
         self._connections: Dict[int, Tuple[socket.socket, str]] = {}
 
-    def send(self, columns: List[np.ndarray]) -> int:
+    def send(self, columns: Columns) -> int:
         """Deliver one batch to the next worker; returns that worker's rank."""
         rank = self._next
         self._next = (self._next + 1) % self._world_size
         rows = len(columns[0]) if columns else 0
-        payload = pickle.dumps(columns, protocol=5)
+        payload = encode_columns(columns)
         conn, address = self._connection(rank)
         try:
-            conn.sendall(_HEADER.pack(len(payload)))
-            conn.sendall(payload)
+            send_frame(conn, payload)
             ack = conn.recv(1)
         except OSError as error:
             self._drop(rank)
@@ -181,13 +198,11 @@ class FeedSender:
     def _connection(self, rank: int) -> Tuple[socket.socket, str]:
         if rank not in self._connections:
             address = self._lookup(rank)
-            host, port = address.rsplit(":", 1)
             try:
-                conn = socket.create_connection((host, int(port)), timeout=self._timeout)
+                conn = connect_authenticated(address, self._security, self._timeout)
             except OSError as error:
                 raise FeedError(f"Could not connect to PyTorch worker rank {rank} at {address} "
                                 f"({error!r})") from error
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._connections[rank] = (conn, address)
         return self._connections[rank]
 
@@ -206,7 +221,8 @@ class LivenessWatch:
     ones published so far): when a worker's process dies, its kernel closes the connection at
     once, so the client can tell which rank died first, on any host it can reach."""
 
-    def __init__(self, addresses: Callable[[], Dict[int, str]], poll: float = 0.1):
+    def __init__(self, addresses: Callable[[], Dict[int, str]], security: Security,
+                 poll: float = 0.1):
         import selectors
 
         self.died: Dict[int, int] = {}  # rank -> the watch's wake-up that saw it go
@@ -226,9 +242,9 @@ class LivenessWatch:
                     for rank, address in published.items():
                         if rank in watched or rank in self.died:
                             continue
-                        host, port = address.rsplit(":", 1)
                         try:
-                            conn = socket.create_connection((host, int(port)), timeout=1.0)
+                            conn = connect_authenticated(address, security, 1.0)
+                            conn.settimeout(None)
                         except ConnectionRefusedError:  # published, nobody listens: gone
                             self.died.setdefault(rank, len(self._wakes))
                             self._wakes.append(time.monotonic())

@@ -11,11 +11,24 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .errors import ModelExportError
+from ..errors import ModelExportError
 
-__all__ = ["FORMATS", "to_torchscript", "to_onnx", "check_onnx"]
+__all__ = ["FORMATS", "to_torchscript", "to_onnx", "check_onnx", "export_model"]
 
 FORMATS = ("torchscript", "onnx")
+
+
+def export_model(module: torch.nn.Module, spec, model_format: str) -> bytes:
+    """The module's bytes in ``model_format`` for a ``ModelSpec`` (ONNX is checked against
+    the module on a sample batch)."""
+    sample = spec.sample_inputs()
+    if model_format == "onnx":
+        model_bytes = to_onnx(module, sample, spec.feature_cols)
+        check_onnx(model_bytes, module, sample, spec.feature_cols)
+        return model_bytes
+    if model_format == "torchscript":
+        return to_torchscript(module, sample)
+    raise ValueError(f"Unknown format {model_format!r}; use one of {', '.join(FORMATS)}")
 
 
 def to_torchscript(module: torch.nn.Module, sample_inputs: Sequence[torch.Tensor]) -> bytes:

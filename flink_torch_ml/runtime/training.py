@@ -16,10 +16,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .data_types import DataType
-from .errors import InvalidDataError
+from .._defaults import TIMEOUT
+from ..data_types import DataType
+from ..errors import InvalidDataError
 
-__all__ = ["TrainSettings", "fit_worker", "BUILTIN_METRICS"]
+__all__ = ["TrainSettings", "fit_worker", "BUILTIN_METRICS", "state_to_bytes", "state_from_bytes"]
 
 
 def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,6 @@ class TrainSettings:
     shuffle: bool = True
     validation: Union[None, float, str] = None
     metrics: Dict[str, Callable] = field(default_factory=dict)
-    num_threads: int = 0  # torch threads per worker; 0 = cores / workers
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -117,17 +117,19 @@ class _Reducer:
 
 
 def fit_worker(rank: int, world_size: int, columns: List[np.ndarray], settings: TrainSettings,
-               store=None, timeout: float = 180.0,
+               store=None, timeout: float = TIMEOUT,
                on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Train on this worker's shard; return the history and (rank 0) the trained state."""
+    """Train on this worker's shard; return the history and (rank 0) the trained state.
+    ``store`` is a ``torch.distributed.Store`` for the process group's rendezvous (needed
+    when ``world_size > 1``)."""
     distributed = world_size > 1
     # Flink's Python worker may start with one intra-op thread; give each worker its share
     # of the machine's cores (W workers on one host share it).
-    torch.set_num_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     if distributed:
         torch.distributed.init_process_group(
-            "gloo", store=torch.distributed.PrefixStore("estimator/", store), rank=rank,
-            world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+            "gloo", store=store, rank=rank, world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout))
     try:
         return _fit(rank, world_size, columns, settings, distributed, on_epoch)
     finally:
@@ -212,10 +214,21 @@ def _fit(rank, world_size, columns, settings, distributed, on_epoch):
             on_epoch(record)
     result = {"history": history, "rows": rows, "torch_threads": torch.get_num_threads()}
     if rank == 0:
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        result["state_dict"] = buffer.getvalue()
+        result["state_dict"] = state_to_bytes(model.state_dict())
     return result
+
+
+def state_to_bytes(state: Dict[str, Any]) -> bytes:
+    """A state dict as bytes that :func:`state_from_bytes` reads without unpickling code."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def state_from_bytes(data: bytes) -> Dict[str, Any]:
+    """A state dict from :func:`state_to_bytes`; ``weights_only`` refuses anything but
+    tensors and plain containers, so the bytes cannot run code."""
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 def _evaluate(model, features, label, index, settings, names, metrics, distributed):

@@ -1,0 +1,334 @@
+"""The rendezvous store: a small key-value server the client hosts for one run, and the
+client the workers (and the client itself) use to reach it.
+
+Why not ``torch.distributed.TCPStore``: it accepts any connection that reaches its port and
+has no way to authenticate one, and on a cluster it must listen where every TaskManager
+can reach it. This store speaks the library's authenticated protocol (``wire.py``: HMAC
+challenge-response with the run's secret, bounded frames, optional TLS); requests and
+replies are a JSON header plus raw value bytes, so nothing received is ever unpickled.
+``torch_store`` adapts a client to ``torch.distributed.Store``, so gloo process groups
+rendezvous through it too.
+
+The server runs in the client process; the clients run in Flink's Python workers.
+"""
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from ..errors import AuthenticationError, FrameError, RendezvousError
+from .wire import (HANDSHAKE_TIMEOUT, Security, client_handshake, log_rejected, recv_frame,
+                   send_frame, serve_handshake)
+
+__all__ = ["StoreServer", "StoreClient", "torch_store"]
+
+log = logging.getLogger("flink_torch_ml")
+
+#: longest single server-side wait of a blocking request; clients loop over such waits, so
+#: other threads sharing the connection are never blocked for long
+_WAIT_SLICE = 0.25
+
+
+Value = Union[bytes, str]
+
+
+def _as_bytes(value: Value) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _split(frame: memoryview) -> Tuple[dict, memoryview]:
+    """A frame's JSON header (up to the first newline) and its raw value bytes."""
+    raw = bytes(frame[:min(len(frame), 65536)])
+    end = raw.find(b"\n")
+    if end < 0:
+        raise FrameError("a store message has no header line")
+    header = json.loads(raw[:end].decode("utf-8"))
+    if not isinstance(header, dict):
+        raise FrameError("a store message header is not a JSON object")
+    return header, frame[end + 1:]
+
+
+def _message(header: dict, value: bytes = b"") -> Tuple[bytes, bytes]:
+    return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n", value
+
+
+class StoreServer:
+    """A thread per connection; the data lives in one dict guarded by a condition."""
+
+    def __init__(self, bind: str, security: Security):
+        self._security = security
+        self._sock = socket.create_server((bind, 0))
+        self.port = self._sock.getsockname()[1]
+        self._data: Dict[str, bytes] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._connections: List[socket.socket] = []
+        self.rejected = 0  # connections that failed the handshake or broke the protocol
+        threading.Thread(target=self._accept, daemon=True, name="ftm-store-accept").start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            with self._cond:
+                if self._closed:
+                    conn.close()
+                    return
+                self._connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
+                             name="ftm-store-conn").start()
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            conn = self._security.wrap_server(conn)
+            serve_handshake(conn, self._security)
+        except (OSError, AuthenticationError, FrameError, ValueError) as error:
+            self.rejected += 1
+            if not self._closed:
+                log_rejected("the rendezvous store", peer, error)
+            self._drop(conn)
+            return
+        try:
+            while not self._closed:
+                frame = recv_frame(conn, self._security.max_frame_bytes)
+                if frame is None:
+                    return
+                header, value = _split(frame)
+                send_frame(conn, *self._handle(header, value))
+        except (OSError, FrameError, ValueError, KeyError, TypeError) as error:
+            self.rejected += 1
+            if not self._closed:
+                log_rejected("the rendezvous store (bad request)", peer, error)
+        finally:
+            self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        with self._cond:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _handle(self, header: dict, value: memoryview) -> Tuple[bytes, bytes]:
+        op = header["op"]
+        with self._cond:
+            if op == "set":
+                self._data[str(header["key"])] = bytes(value)
+                self._cond.notify_all()
+                return _message({"ok": True})
+            if op == "get":  # waits up to a short slice for the key
+                key = str(header["key"])
+                self._cond.wait_for(lambda: key in self._data or self._closed,
+                                    min(float(header.get("wait", 0)), _WAIT_SLICE))
+                if key in self._data:
+                    return _message({"ok": True, "found": True}, self._data[key])
+                return _message({"ok": True, "found": False})
+            if op == "add":
+                key = str(header["key"])
+                number = int(self._data.get(key, b"0")) + int(header["amount"])
+                self._data[key] = str(number).encode()
+                self._cond.notify_all()
+                return _message({"ok": True, "value": number})
+            if op == "check":
+                keys = [str(k) for k in header["keys"]]
+                self._cond.wait_for(lambda: all(k in self._data for k in keys) or self._closed,
+                                    min(float(header.get("wait", 0)), _WAIT_SLICE))
+                return _message({"ok": True, "value": all(k in self._data for k in keys)})
+            if op == "compare_set":
+                key = str(header["key"])
+                expected = header["expected"].encode("latin-1")
+                current = self._data.get(key)
+                if current is None and expected == b"" or current == expected:
+                    self._data[key] = bytes(value)
+                    self._cond.notify_all()
+                    return _message({"ok": True}, bytes(value))
+                return _message({"ok": True}, current if current is not None else expected)
+            if op == "delete":
+                existed = self._data.pop(str(header["key"]), None) is not None
+                return _message({"ok": True, "value": existed})
+            if op == "num_keys":
+                return _message({"ok": True, "value": len(self._data)})
+        raise KeyError(f"unknown store operation {op!r}")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._data.clear()
+            sockets, self._connections = [self._sock] + self._connections, []
+            self._cond.notify_all()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class StoreClient:
+    """One authenticated connection to a :class:`StoreServer`, shared by threads (a lock
+    serialises requests; blocking calls wait in short slices so they never hold it long)."""
+
+    def __init__(self, host: str, port: int, security: Security, timeout: float):
+        self.host, self.port, self.timeout = host, port, timeout
+        self._security = security
+        self._lock = threading.Lock()
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = security.wrap_client(sock)
+            client_handshake(sock, security, min(timeout, HANDSHAKE_TIMEOUT))
+        except (OSError, AuthenticationError) as error:
+            raise RendezvousError(f"Could not connect to the rendezvous store at {host}:{port} "
+                             f"({error})") from error
+        sock.settimeout(timeout)
+        self._sock: Optional[socket.socket] = sock
+
+    def _call(self, header: dict, value: bytes = b"") -> Tuple[dict, bytes]:
+        with self._lock:
+            if self._sock is None:
+                raise RendezvousError("The store connection is closed")
+            try:
+                send_frame(self._sock, *_message(header, value))
+                frame = recv_frame(self._sock, self._security.max_frame_bytes)
+            except (OSError, FrameError) as error:
+                self._close_locked()
+                raise RendezvousError(f"The rendezvous store at {self.host}:{self.port} is gone "
+                                 f"({error!r})") from error
+            if frame is None:
+                self._close_locked()
+                raise RendezvousError(f"The rendezvous store at {self.host}:{self.port} closed "
+                                 f"the connection")
+        reply, data = _split(frame)
+        return reply, bytes(data)
+
+    # ------------------------------------------------------------------ operations
+    def set(self, key: str, value: Value) -> None:
+        self._call({"op": "set", "key": key}, _as_bytes(value))
+
+    def try_get(self, key: str, wait: float = 0.0) -> Optional[bytes]:
+        """The value, or None if the key does not exist (after waiting up to ``wait``)."""
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            reply, data = self._call({"op": "get", "key": key, "wait": remaining})
+            if reply.get("found"):
+                return data
+            if remaining <= 0:
+                return None
+
+    def get(self, key: str, timeout: Optional[float] = None) -> bytes:
+        """The value of ``key``, waiting up to ``timeout`` (default: the client's) for it."""
+        wait = self.timeout if timeout is None else timeout
+        value = self.try_get(key, wait)
+        if value is None:
+            raise TimeoutError(f"Timed out after {wait:.0f} s waiting for key {key!r} in the "
+                               f"rendezvous store")
+        return value
+
+    def add(self, key: str, amount: int) -> int:
+        return int(self._call({"op": "add", "key": key, "amount": int(amount)})[0]["value"])
+
+    def check(self, keys: Sequence[str]) -> bool:
+        return bool(self._call({"op": "check", "keys": list(keys)})[0]["value"])
+
+    def wait(self, keys: Sequence[str], timeout: Optional[float] = None) -> None:
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self._call({"op": "check", "keys": list(keys), "wait": remaining})[0]["value"]:
+                return
+            if remaining <= 0:
+                raise TimeoutError(f"Timed out after {wait:.0f} s waiting for keys "
+                                   f"{list(keys)} in the rendezvous store")
+
+    def compare_set(self, key: str, expected: Value, desired: Value) -> bytes:
+        return self._call({"op": "compare_set", "key": key,
+                           "expected": _as_bytes(expected).decode("latin-1")},
+                          _as_bytes(desired))[1]
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call({"op": "delete", "key": key})[0]["value"])
+
+    def num_keys(self) -> int:
+        return int(self._call({"op": "num_keys"})[0]["value"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+
+_torch_store_class = None
+
+
+def torch_store(client: StoreClient, prefix: str = ""):
+    """A ``torch.distributed.Store`` over ``client`` (keys under ``prefix``), for
+    ``init_process_group(store=...)``: gloo's rendezvous then authenticates like everything
+    else. The class is built on first use, so this module does not import torch."""
+    global _torch_store_class
+    if _torch_store_class is None:
+        _torch_store_class = _make_torch_store_class()
+    return _torch_store_class(client, prefix)
+
+
+def _make_torch_store_class():
+    import datetime
+
+    import torch.distributed as dist
+
+    class _TorchStore(dist.Store):
+        def __init__(self, client: StoreClient, prefix: str):
+            super().__init__()
+            self._client, self._prefix = client, prefix
+            self._timeout = client.timeout
+
+        def _k(self, key: str) -> str:
+            return self._prefix + key
+
+        def set(self, key, value):
+            self._client.set(self._k(key), value)
+
+        def get(self, key):
+            return self._client.get(self._k(key), self._timeout)
+
+        def add(self, key, value):
+            return self._client.add(self._k(key), value)
+
+        def check(self, keys):
+            return self._client.check([self._k(k) for k in keys])
+
+        def wait(self, keys, timeout=None):
+            seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) \
+                else self._timeout
+            self._client.wait([self._k(k) for k in keys], seconds)
+
+        def compare_set(self, key, expected, desired):
+            return self._client.compare_set(self._k(key), expected, desired)
+
+        def delete_key(self, key):
+            return self._client.delete(self._k(key))
+
+        def num_keys(self):
+            return self._client.num_keys()
+
+        def set_timeout(self, timeout):
+            self._timeout = timeout.total_seconds() if isinstance(
+                timeout, datetime.timedelta) else float(timeout)
+
+    return _TorchStore

@@ -1,0 +1,201 @@
+"""Authenticated, framed TCP connections: what every socket of the library speaks.
+
+- **Handshake.** Each side proves it holds the run's secret (at least 32 random bytes the
+  client creates and ships inside the Flink job) by an HMAC-SHA256 challenge-response over
+  fresh nonces, compared with ``hmac.compare_digest``; the server proves it too, so a worker
+  never talks to an impostor. A peer that fails (or stalls past the handshake timeout) is
+  closed; nothing it sent is interpreted.
+- **Frames.** An 8-byte little-endian length, then the payload. A length above the
+  configured maximum, a truncated frame or a closed stream raise :class:`FrameError`, so
+  memory stays bounded and the caller closes that one connection.
+- **TLS** (optional): both ends wrap the socket with ``ssl`` from a PEM certificate and key.
+
+Free of Flink and torch imports.
+"""
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Optional, Set, Tuple
+
+from ..errors import AuthenticationError, FrameError
+
+__all__ = ["Security", "new_secret", "serve_handshake",
+           "client_handshake", "send_frame", "recv_frame", "recv_exactly", "log_rejected",
+           "DEFAULT_MAX_FRAME_BYTES", "HANDSHAKE_TIMEOUT"]
+
+log = logging.getLogger("flink_torch_ml")
+
+MAGIC = b"FTM1"
+NONCE_BYTES = 32
+SECRET_BYTES = 32
+DEFAULT_MAX_FRAME_BYTES = 1 << 30
+#: seconds a peer has to complete the handshake before it is dropped
+HANDSHAKE_TIMEOUT = 10.0
+_LENGTH = struct.Struct("<Q")
+
+
+def new_secret() -> bytes:
+    """A fresh per-run secret."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+@dataclass(frozen=True)
+class Security:
+    """What both ends of a connection need: the run's secret, the frame limit, and optionally
+    a PEM certificate and key (their contents, so they travel inside the job) for TLS."""
+
+    secret: bytes
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    tls_certificate: Optional[bytes] = None
+    tls_key: Optional[bytes] = None
+
+    def __post_init__(self):
+        if not isinstance(self.secret, bytes) or len(self.secret) < SECRET_BYTES:
+            raise ValueError(f"the run's secret must be at least {SECRET_BYTES} bytes")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+
+    def __repr__(self):  # never print the secret
+        return (f"Security(max_frame_bytes={self.max_frame_bytes}, "
+                f"tls={self.tls_certificate is not None})")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
+
+    def wrap_server(self, sock: socket.socket) -> socket.socket:
+        return _contexts(self)[0].wrap_socket(sock, server_side=True) if self.tls else sock
+
+    def wrap_client(self, sock: socket.socket) -> socket.socket:
+        return _contexts(self)[1].wrap_socket(sock) if self.tls else sock
+
+
+_context_cache = {}
+_context_lock = threading.Lock()
+
+
+def _contexts(security: Security) -> Tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client TLS contexts for a certificate; the client trusts exactly that
+    certificate (host names are not checked: peers are addressed by IP, and the HMAC
+    handshake is what authenticates them)."""
+    key = hashlib.sha256(security.tls_certificate + security.tls_key).hexdigest()
+    with _context_lock:
+        if key not in _context_cache:
+            folder = tempfile.mkdtemp(prefix="ftm-tls-")
+            cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+            for path, data in ((cert_path, security.tls_certificate),
+                               (key_path, security.tls_key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server.load_cert_chain(cert_path, key_path)
+            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client.check_hostname = False
+            client.load_verify_locations(cafile=cert_path)
+            for path in (cert_path, key_path):
+                os.unlink(path)
+            os.rmdir(folder)
+            _context_cache[key] = (server, client)
+        return _context_cache[key]
+
+
+def _mac(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(secret, MAGIC + role + first + second, hashlib.sha256).digest()
+
+
+def serve_handshake(sock: socket.socket, security: Security,
+                    timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Server side: challenge the peer; raise AuthenticationError if it fails. The socket's
+    timeout is ``timeout`` during the handshake and blocking afterwards."""
+    sock.settimeout(timeout)
+    server_nonce = secrets.token_bytes(NONCE_BYTES)
+    sock.sendall(MAGIC + server_nonce)
+    reply = recv_exactly(sock, len(MAGIC) + NONCE_BYTES + 32)
+    if reply is None or reply[:len(MAGIC)] != MAGIC:
+        raise AuthenticationError("the peer does not speak this protocol")
+    client_nonce = bytes(reply[len(MAGIC):len(MAGIC) + NONCE_BYTES])
+    proof = bytes(reply[len(MAGIC) + NONCE_BYTES:])
+    if not hmac.compare_digest(proof, _mac(security.secret, b"C", server_nonce, client_nonce)):
+        raise AuthenticationError("the peer does not hold the run's secret")
+    sock.sendall(_mac(security.secret, b"S", client_nonce, server_nonce))
+    sock.settimeout(None)
+
+
+def client_handshake(sock: socket.socket, security: Security,
+                     timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Client side: answer the server's challenge and check its own proof."""
+    sock.settimeout(timeout)
+    hello = recv_exactly(sock, len(MAGIC) + NONCE_BYTES)
+    if hello is None or hello[:len(MAGIC)] != MAGIC:
+        raise AuthenticationError("the server does not speak this protocol")
+    server_nonce = bytes(hello[len(MAGIC):])
+    client_nonce = secrets.token_bytes(NONCE_BYTES)
+    sock.sendall(MAGIC + client_nonce + _mac(security.secret, b"C", server_nonce, client_nonce))
+    proof = recv_exactly(sock, 32)
+    if proof is None or not hmac.compare_digest(
+            bytes(proof), _mac(security.secret, b"S", client_nonce, server_nonce)):
+        raise AuthenticationError("the server does not hold the run's secret")
+    sock.settimeout(None)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> Optional[memoryview]:
+    """``size`` bytes from ``sock``; None at a clean end of stream before the first byte;
+    FrameError if the stream ends inside them."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            if got == 0:
+                return None
+            raise FrameError(f"the connection closed after {got} of {size} bytes")
+        got += n
+    return view
+
+
+def send_frame(sock: socket.socket, *parts) -> None:
+    """One frame made of ``parts`` (bytes-like), sent without joining them first."""
+    size = sum(memoryview(p).nbytes for p in parts)
+    sock.sendall(_LENGTH.pack(size))
+    for part in parts:
+        sock.sendall(part)
+
+
+def recv_frame(sock: socket.socket, max_bytes: int) -> Optional[memoryview]:
+    """The next frame's payload; None at a clean end of stream between frames."""
+    header = recv_exactly(sock, _LENGTH.size)
+    if header is None:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    if size > max_bytes:
+        raise FrameError(f"a frame of {size} bytes exceeds the limit of {max_bytes} bytes "
+                         f"(flink_torch_ml.max-frame-bytes)")
+    payload = recv_exactly(sock, size)
+    if payload is None and size:
+        raise FrameError("the connection closed before a frame's payload")
+    return payload if payload is not None else memoryview(b"")
+
+
+_rejected: Set[Tuple[str, str]] = set()
+_rejected_lock = threading.Lock()
+
+
+def log_rejected(what: str, peer, error: BaseException) -> None:
+    """Log a rejected connection once per (server, peer host)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    with _rejected_lock:
+        if (what, host) in _rejected:
+            return
+        _rejected.add((what, host))
+    log.warning("flink-torch-ml: closed a connection from %s to %s: %s", host, what, error)
