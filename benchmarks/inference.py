@@ -21,6 +21,10 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme import table, write_block  # noqa: E402
+
+
 FEATURES = [f"x{i}" for i in range(16)]
 
 
@@ -49,8 +53,8 @@ def build_models():
 
 def raw_limit(model_dir: str, fmt: str, data: np.ndarray, batch: int) -> float:
     """Rows/s of the saved model run directly on numpy batches in this process (all cores)."""
-    from flink_torch_ml.runner import ModelRunner
-    from flink_torch_ml.serialization import read_model_dir
+    from flink_torch_ml.scoring.runner import ModelRunner
+    from flink_torch_ml.scoring.serialization import read_model_dir
 
     saved = read_model_dir(model_dir)
     runner = ModelRunner(fmt, saved.model_bytes, saved.spec.feature_cols,
@@ -136,7 +140,7 @@ def identity_udf(timing_dir: str):
 
 def transform_udf(model, table, timing_dir: str):
     """PyTorchModel.transform's own UDF (PredictFunction), with timing added around eval."""
-    from flink_torch_ml.inference import PredictFunction
+    from flink_torch_ml.scoring.udf import PredictFunction
     from pyflink.table.udf import udf
 
     class TimedPredict(Timed, PredictFunction):
@@ -192,13 +196,15 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--mode", choices=["process", "loopback"], default="process",
                         help="Python worker mode (process: one Python process per subtask)")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the figures into README.md's INFERENCE block")
     args = parser.parse_args()
     os.environ["_python_worker_execution_mode"] = args.mode
 
     from pyflink.table.expressions import col
 
     from flink_torch_ml import PyTorchModel
-    from flink_torch_ml.serialization import read_model_dir
+    from flink_torch_ml.scoring.serialization import read_model_dir
 
     t_env = make_env(args)
     models = build_models()
@@ -244,6 +250,34 @@ def main() -> None:
               tiny_best / floor, "ok" if tiny_best >= 0.7 * floor else "MISSED",
               tiny_best / results[("tiny", "row")][0],
               "ok" if tiny_best >= 10 * results[("tiny", "row")][0] else "MISSED"))
+    if args.write_readme:
+        def rate(v):
+            return f"{v:,.0f}"
+
+        write_block("INFERENCE", table(
+            [f"rows/s, {args.rows // 1000}k rows x 16 FLOAT", "TorchScript", "ONNX"], [
+                ("tiny MLP 16->32->1: `PyTorchModel.transform`",
+                 rate(results[("tiny", "torchscript")][0]), rate(results[("tiny", "onnx")][0])),
+                ("tiny MLP: identity pandas UDF on the same 16 columns (Flink's floor)",
+                 rate(floor), rate(floor)),
+                (f"tiny MLP: row-at-a-time UDF calling the model (DL-on-Flink docs, "
+                 f"{args.row_udf_rows // 1000}k rows)", rate(results[("tiny", "row")][0]), "-"),
+                (f"tiny MLP: raw limit, model alone on numpy, 1 process, {os.cpu_count()} "
+                 f"threads", rate(results[("tiny", "torchscript")][1]),
+                 rate(results[("tiny", "onnx")][1])),
+                ("heavy MLP 16->1024->1024->1: `PyTorchModel.transform`",
+                 rate(results[("heavy", "torchscript")][0]),
+                 rate(results[("heavy", "onnx")][0])),
+                ("heavy MLP: raw limit", rate(results[("heavy", "torchscript")][1]),
+                 rate(results[("heavy", "onnx")][1])),
+                ("heavy MLP: row-at-a-time UDF", rate(results[("heavy", "row")][0]), "-")])
+            + f"\n\nWritten by `benchmarks/inference.py --write-readme`: parallelism "
+            f"{args.parallelism}, {args.mode} mode, Arrow batch {args.batch_size:,}, "
+            f"{os.cpu_count()} cores. Heavy model at "
+            + " and ".join(f"{results[('heavy', f)][0] / results[('heavy', f)][1]:.2f}x ({f})"
+                           for f in ("torchscript", "onnx"))
+            + f" of the raw limit; tiny model at {tiny_best / floor:.2f}x the identity UDF "
+            f"and {tiny_best / results[('tiny', 'row')][0]:.1f}x the row-at-a-time UDF.")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from torch import nn
 import flink_torch_ml  # noqa: F401  (process mode for Python workers)
 from flink_torch_ml import PyTorchModel, create_table_environment
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme import table, write_block  # noqa: E402
+
 FEATURES = [f"x{i}" for i in range(16)]
 SETTINGS = [  # (label, bundle.size, bundle.time ms, arrow.batch.size)
     ("low latency", 100, 10, 100),
@@ -76,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=int, default=2000, help="input rows per second")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the figures into README.md's STREAMING block")
     args = parser.parse_args()
     path = os.path.join(tempfile.mkdtemp(prefix="ftm-latency-"), "tiny")
     torch.manual_seed(0)
@@ -85,11 +90,20 @@ def main() -> None:
           f"dropped: warm-up)")
     print(f"{'setting':14s} {'bundle.size':>11s} {'bundle.time':>11s} {'arrow.batch':>11s} "
           f"{'p50':>8s} {'p95':>8s} {'p99':>8s}")
+    rows = []
     for label, size, time_ms, batch in SETTINGS:
         ages = run(path, args.rate, args.seconds, size, time_ms, batch)
         p50, p95, p99 = np.percentile(ages, [50, 95, 99])
+        rows.append((label, f"{size:,}", f"{time_ms:,} ms", f"{batch:,}", f"{p50:,.1f}",
+                     f"{p95:,.1f}", f"{p99:,.1f}"))
         print(f"{label:14s} {size:>11d} {time_ms:>9d}ms {batch:>11d} {p50:8.1f} {p95:8.1f} "
               f"{p99:8.1f}")
+    if args.write_readme:
+        write_block("STREAMING", table(["setting", "`bundle.size`", "`bundle.time`",
+                                        "`arrow.batch.size`", "p50 ms", "p95 ms", "p99 ms"],
+                                       rows)
+                    + f"\n\nWritten by `benchmarks/streaming.py --write-readme`: {args.rate:,} "
+                    f"rows/s for {args.seconds} s, {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

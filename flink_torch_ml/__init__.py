@@ -17,12 +17,15 @@ from .data_types import DataType
 from .datastream import ModelMapFunction, score_data_stream
 from .environment import create_table_environment
 from .estimator import PyTorchEstimator
-from .errors import (AuthenticationError, ChecksumMismatchError, FeedError, FlinkTorchMLError,
-                     FrameError, InvalidDataError, ModelExportError, ModelFormatError,
-                     NotFittedError, ProtocolError, RendezvousError, RendezvousTimeoutError,
-                     SchemaError, TaskManagerLostError, UnsupportedTypeError, WorkerError)
+from .errors import (AuthenticationError, CheckpointError, ChecksumMismatchError, FeedError,
+                     FlinkTorchMLError, FrameError, InvalidDataError, ModelExportError,
+                     ModelFormatError, NotFittedError, ProtocolError, RendezvousError,
+                     RendezvousTimeoutError, SchemaError, TaskManagerLostError,
+                     UnsupportedTypeError, WorkerError, WorkerLostError)
 from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
+from .runtime.callbacks import Callback, EarlyStopping, LRScheduler, ModelCheckpoint
+from .runtime.training import TrainingLoop
 
 __all__ = [
     "__version__",
@@ -32,6 +35,11 @@ __all__ = [
     "score_data_stream",
     "ModelMapFunction",
     "PyTorchEstimator",
+    "TrainingLoop",
+    "Callback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "LRScheduler",
     "Pipeline",
     "PipelineModel",
     "create_table_environment",
@@ -40,6 +48,8 @@ __all__ = [
     "PyTorchContext",
     "WorkerError",
     "TaskManagerLostError",
+    "WorkerLostError",
+    "CheckpointError",
     "FeedError",
     "RendezvousError",
     "RendezvousTimeoutError",

@@ -27,6 +27,11 @@ class PyTorchClusterConfig:
     RENDEZVOUS_HOST = options.RENDEZVOUS_HOST
     #: address the store binds to (default: loopback locally, all interfaces on a cluster)
     RENDEZVOUS_BIND = options.RENDEZVOUS_BIND
+    #: new attempts after a lost worker, host or TaskManager (``train`` without a
+    #: StatementSet); the entry resumes from its own checkpoints (``get_attempt``)
+    MAX_FAILURES = options.MAX_FAILURES
+    #: a directory for the entry's own checkpoints (``PyTorchContext.get_checkpoint_dir``)
+    CHECKPOINT_DIR = options.CHECKPOINT_DIR
     DEFAULT_TIMEOUT = _defaults.TIMEOUT
 
     def __init__(self, node_entry: Callable, world_size: int, properties: Dict[str, str]):
@@ -52,6 +57,12 @@ class PyTorchClusterConfig:
 
     def get_timeout(self) -> float:
         return float(self._properties.get(self.TIMEOUT, self.DEFAULT_TIMEOUT))
+
+    def get_max_failures(self) -> int:
+        return int(self._properties.get(self.MAX_FAILURES, 0))
+
+    def get_checkpoint_dir(self) -> Optional[str]:
+        return self._properties.get(self.CHECKPOINT_DIR)
 
     def get_input_types(self) -> Optional[List[DataType]]:
         names = self._properties.get(self.INPUT_TYPES)
@@ -92,6 +103,19 @@ class PyTorchClusterConfig:
             """Bound every distributed wait (default 180 s)."""
             return self.set_property(PyTorchClusterConfig.TIMEOUT, float(seconds))
 
+        def set_max_failures(self, count: int) -> "PyTorchClusterConfig.Builder":
+            """New attempts after a lost worker, host or TaskManager (default 0: fail at
+            once). Each attempt reruns the entry on every rank; it resumes from its own
+            checkpoints (``PyTorchContext.get_attempt()``, ``get_checkpoint_dir()``)."""
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"max_failures must be an int >= 0, got {count!r}")
+            return self.set_property(PyTorchClusterConfig.MAX_FAILURES, count)
+
+        def set_checkpoint_dir(self, path: str) -> "PyTorchClusterConfig.Builder":
+            """A directory the entry may keep checkpoints in (every TaskManager must reach
+            it at the same path); handed to it as ``get_checkpoint_dir()``."""
+            return self.set_property(PyTorchClusterConfig.CHECKPOINT_DIR, path)
+
         def set_rendezvous_host(self, host: str, bind: Optional[str] = None
                                 ) -> "PyTorchClusterConfig.Builder":
             """The address workers use to reach the client (and, optionally, what it binds)."""
@@ -114,6 +138,11 @@ class PyTorchClusterConfig:
             timeout = self._properties.get(PyTorchClusterConfig.TIMEOUT)
             if timeout is not None and not float(timeout) > 0:
                 raise ValueError(f"{PyTorchClusterConfig.TIMEOUT} must be > 0, got {timeout}")
+            failures = self._properties.get(PyTorchClusterConfig.MAX_FAILURES)
+            if failures is not None and (not failures.lstrip("-").isdigit()
+                                         or int(failures) < 0):
+                raise ValueError(f"{PyTorchClusterConfig.MAX_FAILURES} must be an int >= 0, "
+                                 f"got {failures!r}")
             return config
 
 

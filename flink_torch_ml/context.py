@@ -7,6 +7,7 @@ properties, the worker's shard as a torch Dataset, and a writer back to Flink.
 
 from typing import Dict, Optional, Tuple
 
+from .cluster_config import PyTorchClusterConfig
 from .runtime.context import NodeContext
 from .runtime.rendezvous import master_endpoint
 from .runtime.shard import DataWriter, FlinkDataset
@@ -40,6 +41,15 @@ class PyTorchContext:
 
     def get_properties(self) -> Dict[str, str]:
         return dict(self._context.properties)
+
+    def get_attempt(self) -> int:
+        """Which attempt of the run this is: 0, then 1, 2... after failures
+        (``set_max_failures``); an entry resumes from its checkpoints when it is > 0."""
+        return self._context.run.attempt
+
+    def get_checkpoint_dir(self) -> Optional[str]:
+        """The config's checkpoint directory (``set_checkpoint_dir``), or None."""
+        return self._context.properties.get(PyTorchClusterConfig.CHECKPOINT_DIR)
 
     def get_timeout(self) -> float:
         """Seconds any distributed wait may take in this run."""

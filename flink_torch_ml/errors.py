@@ -43,11 +43,20 @@ class NotFittedError(FlinkTorchMLError, ValueError):
     """A model was used before it had a trained module to run."""
 
 
+class CheckpointError(FlinkTorchMLError, ValueError):
+    """A checkpoint directory cannot be written, or a checkpoint does not fit the model."""
+
+
 class WorkerError(FlinkTorchMLError, RuntimeError):
     """A PyTorch worker failed; the message names the rank and carries its traceback."""
 
 
-class TaskManagerLostError(WorkerError):
+class WorkerLostError(WorkerError):
+    """A PyTorch worker's Python process died (killed, out of memory) while the job ran.
+    Fits with ``max_failures > 0`` start a new attempt after this."""
+
+
+class TaskManagerLostError(WorkerLostError):
     """A Flink TaskManager running PyTorch workers died or became unreachable mid-run."""
 
 
@@ -96,6 +105,10 @@ class WorkerModelExportError(WorkerError, ModelExportError):
     """A worker could not export the trained model."""
 
 
+class WorkerCheckpointError(WorkerError, CheckpointError):
+    """A worker could not write or use a checkpoint."""
+
+
 #: the class the client raises for an error of a given type name recorded by a worker
 _WORKER_CLASSES: Dict[str, Type[WorkerError]] = {
     "SchemaError": WorkerSchemaError,
@@ -104,10 +117,21 @@ _WORKER_CLASSES: Dict[str, Type[WorkerError]] = {
     "ModelFormatError": WorkerModelFormatError,
     "ChecksumMismatchError": WorkerModelFormatError,
     "ModelExportError": WorkerModelExportError,
+    "CheckpointError": WorkerCheckpointError,
     "TaskManagerLostError": TaskManagerLostError,
+    "WorkerLostError": WorkerLostError,
     "FeedError": FeedError,
     "RendezvousTimeoutError": RendezvousTimeoutError,
 }
+
+
+#: failures a new attempt can get past: a lost process or host, a broken connection, a
+#: wait that ran out; not the user's code or data, which would fail the same way again
+RETRIABLE = (WorkerLostError, FeedError, RendezvousError, RendezvousTimeoutError)
+
+
+def is_retriable(error: BaseException) -> bool:
+    return isinstance(error, RETRIABLE)
 
 
 def worker_error_class(type_name: str) -> Type[WorkerError]:

@@ -2,7 +2,9 @@
 PyTorch inside a Flink job and returns a PyTorchModel. The user never writes a training loop.
 """
 
+import contextlib
 import json
+import logging
 import os
 import pickle
 import threading
@@ -14,20 +16,25 @@ from pyflink.table.expressions import col
 
 from .api import Estimator, write_flinkml_metadata
 from .data_types import DataType
-from .errors import SchemaError, UnsupportedTypeError
+from .errors import CheckpointError, SchemaError, UnsupportedTypeError
 from .model import PyTorchModel
 from .params import (BooleanParam, HasBatchSize, HasFeatureCols, HasLabelCol, HasMaxEpochs,
-                     HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, ObjectParam,
-                     ParamValidator)
+                     HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, IntParam, ObjectParam,
+                     ParamValidator, ParamValidators, StringParam)
 from .runtime.driver import DistributedRun
-from .runtime.estimator_entry import EstimatorEntry, TrainedResult, read_trained, \
-    trained_module
+from .runtime.estimator_entry import EstimatorEntry, ResumeSettings, TrainedResult, \
+    read_trained, trained_module
 from .runtime.job import results_sink
 from .runtime.progress import EpochPrinter
 from .runtime.protocol import RunStore
-from .runtime.training import BUILTIN_METRICS, TrainSettings
+from .runtime.callbacks import Callback, LRScheduler
+from .runtime.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
+    newest_checkpoint
+from .runtime.training import BUILTIN_METRICS, TrainingLoop, TrainSettings
 
 __all__ = ["PyTorchEstimator"]
+
+log = logging.getLogger("flink_torch_ml")
 
 _FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataType.INT_64,
                   DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
@@ -37,6 +44,22 @@ def _is_validation(value) -> bool:
     if value is None or isinstance(value, str):
         return True
     return isinstance(value, float) and 0.0 < value < 1.0
+
+
+def _is_callbacks(value) -> bool:
+    return value is None or (isinstance(value, (list, tuple))
+                             and all(isinstance(c, Callback) for c in value))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _log(message: str, verbose: bool) -> None:
+    log.warning("flink-torch-ml: %s", message)
+    if verbose:
+        print(f"[flink-torch-ml] {message}", flush=True)
 
 
 def _is_metrics(value) -> bool:
@@ -74,6 +97,25 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
         None, ParamValidator(_is_metrics, "a list of 'accuracy'/'mse'/'mae' or a dict of "
                                           "callables"))
     VERBOSE = BooleanParam("verbose", "Log one line per epoch while the job runs.", False)
+    CALLBACKS = ObjectParam(
+        "callbacks", "Callbacks run on every rank (EarlyStopping, ModelCheckpoint, your own "
+        "Callback subclasses).", None, ParamValidator(_is_callbacks, "a list of Callbacks"))
+    TRAINING_LOOP = ObjectParam(
+        "training_loop", "A TrainingLoop (subclass) instance whose steps train the model.",
+        None, ParamValidator(lambda v: v is None or isinstance(v, TrainingLoop),
+                             "a TrainingLoop instance"))
+    CHECKPOINT_DIR = StringParam(
+        "checkpoint_dir", "Directory for training checkpoints (one every TaskManager reaches "
+        "at the same path on a cluster).", None)
+    CHECKPOINT_EVERY = IntParam("checkpoint_every", "Epochs between checkpoints.", 1,
+                                ParamValidators.gt(0))
+    KEEP_CHECKPOINTS = IntParam("keep_checkpoints", "Newest checkpoints kept.", 3,
+                                ParamValidators.gt(0))
+    MAX_FAILURES = IntParam(
+        "max_failures", "New attempts after a lost worker, host or TaskManager (each resumes "
+        "from the newest checkpoint); 0 fails at once.", 0, ParamValidators.gt_eq(0))
+    RESUME_FROM = StringParam(
+        "resume_from", "A checkpoint directory of an earlier fit to continue.", None)
 
     def __init__(self, model: Union[torch.nn.Module, StatementSet, None] = None,
                  loss: Optional[Callable] = None, optimizer_creator: Optional[Callable] = None,
@@ -85,6 +127,11 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
                  shuffle: bool = True, validation: Union[None, float, str] = None,
                  metrics: Union[None, Sequence[str], Dict[str, Callable]] = None,
                  verbose: bool = False, timeout: float = HasTimeout.TIMEOUT.default_value,
+                 callbacks: Optional[Sequence[Callback]] = None,
+                 training_loop: Optional[TrainingLoop] = None,
+                 checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
+                 keep_checkpoints: int = 3, max_failures: int = 0,
+                 resume_from: Optional[str] = None,
                  statement_set: Optional[StatementSet] = None, **misspelt: Any):
         self._reject_unknown(misspelt)
         if isinstance(model, StatementSet):  # DL-on-Flink's order: the set comes first
@@ -104,7 +151,11 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
             feature_cols=feature_cols, label_col=label_col, prediction_col=prediction_col,
             max_epochs=max_epochs, batch_size=batch_size, worker_num=worker_num,
             lr_scheduler_creator=lr_scheduler_creator, seed=seed, shuffle=shuffle,
-            validation=validation, metrics=metrics, verbose=verbose, timeout=timeout)
+            validation=validation, metrics=metrics, verbose=verbose, timeout=timeout,
+            callbacks=list(callbacks) if callbacks is not None else None,
+            training_loop=training_loop, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+            max_failures=max_failures, resume_from=resume_from)
         self._statement_set = statement_set
 
     # ------------------------------------------------------------------ accessors
@@ -156,6 +207,48 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
     def set_verbose(self, value: bool) -> "PyTorchEstimator":
         return self.set(self.VERBOSE, value)
 
+    def get_callbacks(self) -> Optional[List[Callback]]:
+        return self.get(self.CALLBACKS)
+
+    def set_callbacks(self, value: Sequence[Callback]) -> "PyTorchEstimator":
+        return self.set(self.CALLBACKS, list(value))
+
+    def get_training_loop(self) -> Optional[TrainingLoop]:
+        return self.get(self.TRAINING_LOOP)
+
+    def set_training_loop(self, value: TrainingLoop) -> "PyTorchEstimator":
+        return self.set(self.TRAINING_LOOP, value)
+
+    def get_checkpoint_dir(self) -> Optional[str]:
+        return self.get(self.CHECKPOINT_DIR)
+
+    def set_checkpoint_dir(self, value: Optional[str]) -> "PyTorchEstimator":
+        return self.set(self.CHECKPOINT_DIR, value)
+
+    def get_checkpoint_every(self) -> int:
+        return self.get(self.CHECKPOINT_EVERY)
+
+    def set_checkpoint_every(self, value: int) -> "PyTorchEstimator":
+        return self.set(self.CHECKPOINT_EVERY, value)
+
+    def get_keep_checkpoints(self) -> int:
+        return self.get(self.KEEP_CHECKPOINTS)
+
+    def set_keep_checkpoints(self, value: int) -> "PyTorchEstimator":
+        return self.set(self.KEEP_CHECKPOINTS, value)
+
+    def get_max_failures(self) -> int:
+        return self.get(self.MAX_FAILURES)
+
+    def set_max_failures(self, value: int) -> "PyTorchEstimator":
+        return self.set(self.MAX_FAILURES, value)
+
+    def get_resume_from(self) -> Optional[str]:
+        return self.get(self.RESUME_FROM)
+
+    def set_resume_from(self, value: Optional[str]) -> "PyTorchEstimator":
+        return self.set(self.RESUME_FROM, value)
+
     # ------------------------------------------------------------------ fit
     def fit(self, *inputs: Table) -> PyTorchModel:
         """Train on ``inputs[0]`` inside a Flink job; return the trained PyTorchModel."""
@@ -165,14 +258,20 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
         if not isinstance(table, Table):
             raise TypeError(f"fit expects a pyflink Table, got {type(table).__name__}")
         settings, select = self._settings(table)
-        run = DistributedRun(table.select(*[col(c) for c in select]), EstimatorEntry(settings),
-                             self.get_worker_num(), {}, self.get_timeout(),
+        resume = self._prepare_checkpoints(settings)
+        if self._statement_set is not None and self.get_max_failures():
+            raise ValueError("max_failures needs fit to run the job itself: a fit added to a "
+                             "StatementSet runs when the set executes, where it cannot be "
+                             "resubmitted; drop statement_set or set max_failures=0")
+        run = DistributedRun(table.select(*[col(c) for c in select]),
+                             EstimatorEntry(settings, resume), self.get_worker_num(), {},
+                             self.get_timeout(),
                              ship_by_value=[settings.model, settings.loss,
-                                            settings.optimizer_creator,
-                                            settings.lr_scheduler_creator,
-                                            *settings.metrics.values()])
-        training = _Training(run, settings, EpochPrinter(run.run_store(), settings.max_epochs,
-                                                         self.get_verbose()))
+                                            settings.optimizer_creator, settings.loop,
+                                            *settings.callbacks, *settings.metrics.values()],
+                             by_content=True)
+        training = _Training(run, settings, self.get_verbose(), self.get_max_failures(),
+                             resume)
         model = PyTorchModel._from_training(
             training, settings.feature_cols,
             [DataType.from_name(t) for t in settings.feature_types],
@@ -237,14 +336,40 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
             metrics = {m: m for m in metrics}
         metrics = {n: (BUILTIN_METRICS[m] if isinstance(m, str) else m)
                    for n, m in metrics.items()}
+        callbacks = list(self.get_callbacks() or [])
+        if self.get_lr_scheduler_creator() is not None:
+            callbacks.append(LRScheduler(self.get_lr_scheduler_creator()))
         settings = TrainSettings(
             model=model, loss=loss, optimizer_creator=optimizer_creator,
             feature_cols=list(features), feature_types=feature_types, label_col=label,
             label_type=label_type.type_name, max_epochs=self.get(self.MAX_EPOCHS),
-            batch_size=self.get(self.BATCH_SIZE),
-            lr_scheduler_creator=self.get(self.LR_SCHEDULER_CREATOR), seed=self.get(self.SEED),
-            shuffle=self.get(self.SHUFFLE), validation=validation, metrics=metrics)
+            batch_size=self.get(self.BATCH_SIZE), seed=self.get(self.SEED),
+            shuffle=self.get(self.SHUFFLE), validation=validation, metrics=metrics,
+            callbacks=callbacks, loop=self.get_training_loop(),
+            checkpoint_dir=self.get_checkpoint_dir() or self.get_resume_from(),
+            checkpoint_every=self.get_checkpoint_every(),
+            keep_checkpoints=self.get_keep_checkpoints())
         return settings, wanted
+
+    def _prepare_checkpoints(self, settings: TrainSettings) -> ResumeSettings:
+        """Before submission: the checkpoint directory can be written and holds no other
+        fit's checkpoints; ``resume_from`` holds an intact checkpoint of this model."""
+        resume_from = self.get_resume_from()
+        directory = settings.checkpoint_dir
+        if resume_from is not None:
+            checkpoint, skipped = newest_checkpoint(resume_from)
+            if checkpoint is None:
+                raise CheckpointError(f"resume_from={resume_from!r} holds no intact checkpoint"
+                                      + (f" ({'; '.join(skipped)})" if skipped else ""))
+            check_compatible(checkpoint, settings.model)
+        if directory is not None:
+            ensure_writable(directory)
+            if resume_from is None and find_checkpoints(directory):
+                raise CheckpointError(
+                    f"checkpoint_dir {directory!r} already holds checkpoints of an earlier fit;"
+                    f" pass resume_from={directory!r} to continue that fit, or choose an empty "
+                    f"directory")
+        return ResumeSettings(resume_from, directory)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str) -> None:
@@ -284,37 +409,57 @@ class FitOutcome(NamedTuple):
 
 
 class _Training:
-    """The client's handle on the fit that produces a PyTorchModel's weights: runs it now,
-    or lets a StatementSet run it later (then keeps the result once the job is done and
+    """The client's handle on the fit that produces a PyTorchModel's weights: runs it now
+    (with up to ``max_failures`` new attempts, each resuming from the newest checkpoint), or
+    lets a StatementSet run it later (then keeps the result once the job is done and
     releases the run's store)."""
 
-    def __init__(self, run: DistributedRun, settings: TrainSettings, printer: EpochPrinter):
-        self._run, self._settings, self._printer = run, settings, printer
+    def __init__(self, run: DistributedRun, settings: TrainSettings, verbose: bool,
+                 max_failures: int = 0, resume: Optional[ResumeSettings] = None):
+        self._run, self._settings = run, settings
+        self._verbose, self._max_failures = verbose, max_failures
+        self._resume = resume or ResumeSettings()
         self._lock = threading.Lock()
         self._trained: Optional[TrainedResult] = None
         self._summaries: List[Dict[str, Any]] = []
 
+    def _printer(self) -> EpochPrinter:
+        return EpochPrinter(self._run.run_store(), self._settings.max_epochs, self._verbose)
+
     def run_now(self) -> None:
-        self._printer.start()
+        def announce(error: BaseException, attempt: int) -> None:
+            where = self._resume.checkpoint_dir
+            _log(f"attempt {attempt - 1} failed ({_first_line(error)}); starting attempt "
+                 f"{attempt} of {self._max_failures + 1}, resuming from "
+                 + (f"the newest checkpoint in {where!r}" if where else
+                    "the start (no checkpoint_dir)"), self._verbose)
+
+        @contextlib.contextmanager
+        def printing():
+            printer = self._printer()
+            printer.start()
+            try:
+                yield
+            finally:
+                printer.stop()
+
         try:
-            self._summaries = self._run.collect()
-        finally:
-            self._printer.stop()
-        try:
+            self._summaries = self._run.collect_with_retries(self._max_failures, announce,
+                                                             printing)
             self._trained = read_trained(self._run.run_store())
         finally:
             self._run.release()
 
     def run_later(self) -> None:
-        self._printer.start()
+        printer = self._printer()
+        printer.start()
 
         def keep(run: RunStore) -> None:
             with self._lock:
                 self._trained = read_trained(run)
-            self._printer.stop()
+            printer.stop()
 
         self._run.release_when_done(keep)
-
     def _current(self) -> Optional[TrainedResult]:
         with self._lock:
             if self._trained is None and not self._run.released:

@@ -32,13 +32,14 @@ def train(statement_set: Optional[StatementSet], config: PyTorchClusterConfig, t
     """
     if statement_set is not None:
         _check_statement_set(statement_set)
+        _check_no_retries(config, "train with a StatementSet")
     run = _run(table, config, epoch, output_types=None)
     if statement_set is not None:
         statement_set.add_insert(results_sink(), run.results)
         run.release_when_done()
         return None
     try:
-        return run.collect()
+        return run.collect_with_retries(config.get_max_failures())
     finally:
         run.release()
 
@@ -54,6 +55,7 @@ def inference(statement_set: Optional[StatementSet], table: Table,
     if statement_set is not None:
         _check_statement_set(statement_set)
     _check_config(config)
+    _check_no_retries(config, "inference")
     output_types = config.get_output_types()
     if output_types is None:
         raise SchemaError("inference needs the 'output_types' property, e.g. "
@@ -81,6 +83,12 @@ def _check_config(config) -> None:
         raise TypeError(f"config must be a PyTorchClusterConfig (use "
                         f"PyTorchClusterConfig.new_builder()...build()), got "
                         f"{type(config).__name__}")
+
+
+def _check_no_retries(config: PyTorchClusterConfig, what: str) -> None:
+    if config.get_max_failures():
+        raise ValueError(f"max_failures needs train(None, ...) to run the job itself; {what} "
+                         f"runs the job later, where it cannot be resubmitted")
 
 
 def _check_statement_set(statement_set) -> None:

@@ -4,6 +4,7 @@
 # its own (nothing is written into the wheel). See "Running on a Flink cluster" in README.
 #
 #   scripts/flink-cluster.sh start [-n TASKMANAGERS] [-s SLOTS_PER_TASKMANAGER]
+#   scripts/flink-cluster.sh add-taskmanager      # one more TaskManager (e.g. a replacement)
 #   scripts/flink-cluster.sh status
 #   scripts/flink-cluster.sh submit job.py [job args...]   # flink run with the right Python
 #   scripts/flink-cluster.sh stop
@@ -167,6 +168,22 @@ EOF
     exit 1
 }
 
+add_taskmanager() {
+    load_state
+    local before
+    before="$(registered_taskmanagers)"
+    "$FLINK_HOME/bin/taskmanager.sh" start >> "$dir/log/start.out" 2>&1
+    local deadline=$((SECONDS + ${FLINK_START_TIMEOUT:-90}))
+    while ((SECONDS < deadline)); do
+        if (( $(registered_taskmanagers) > before )); then
+            echo "TaskManager added: $(registered_taskmanagers) registered"
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "the new TaskManager did not register within ${FLINK_START_TIMEOUT:-90} s"
+}
+
 stop() {
     [[ -f "$dir/cluster.env" ]] || { echo "no cluster state in $dir; nothing to stop"; return 0; }
     load_state
@@ -214,9 +231,11 @@ submit() {
 
 case "$cmd" in
     start) start "$@" ;;
+    add-taskmanager) add_taskmanager ;;
     stop) stop ;;
     status) status ;;
     submit) submit "$@" ;;
-    *) echo "usage: $0 start [-n TASKMANAGERS] [-s SLOTS] | status | submit job.py [args] | stop" >&2
+    *) echo "usage: $0 start [-n TASKMANAGERS] [-s SLOTS] | add-taskmanager | status |" \
+            "submit job.py [args] | stop" >&2
        exit 2 ;;
 esac

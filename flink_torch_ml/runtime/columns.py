@@ -16,7 +16,8 @@ from ..data_types import DataType
 from ..errors import InvalidDataError
 
 __all__ = ["Columns", "columns_from_pandas", "empty_columns", "column_shapes",
-           "conform_empty", "concat_columns", "encode_columns", "decode_columns"]
+           "conform_empty", "concat_columns", "encode_columns", "decode_columns", "row_hashes",
+           "take", "sort_by_content"]
 
 Columns = List[np.ndarray]
 
@@ -101,6 +102,40 @@ def _as_object(column: np.ndarray) -> np.ndarray:
     ragged = np.empty(len(column), dtype=object)
     ragged[:] = list(column)
     return ragged
+
+
+# ---------------------------------------------------------------------- content order
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def row_hashes(columns: Columns) -> np.ndarray:
+    """A 64-bit hash of each row's content, the same in every process (pandas' keyed hash of
+    each value, combined FNV-style across columns and array elements)."""
+    rows = len(columns[0]) if columns else 0
+    combined = np.full(rows, _FNV_OFFSET, dtype=np.uint64)
+    for column in columns:
+        if column.dtype == object and _is_ragged(column):
+            parts = [np.array([np.ascontiguousarray(v).tobytes() for v in column], dtype=object)]
+        elif column.ndim == 2:
+            parts = [column[:, j] for j in range(column.shape[1])]
+        else:
+            parts = [column]
+        for part in parts:
+            combined = (combined * _FNV_PRIME) ^ pd.util.hash_array(np.asarray(part),
+                                                                   categorize=False)
+    return combined
+
+
+def take(columns: Columns, index: np.ndarray) -> Columns:
+    return [c[index] for c in columns]
+
+
+def sort_by_content(columns: Columns) -> Columns:
+    """The rows in the order of their content hashes: the same order for the same rows,
+    however they arrived."""
+    if not columns or len(columns[0]) < 2:
+        return columns
+    return take(columns, np.argsort(row_hashes(columns), kind="stable"))
 
 
 # ---------------------------------------------------------------------- Arrow IPC

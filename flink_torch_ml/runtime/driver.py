@@ -3,6 +3,8 @@ run it (or hand it to a StatementSet), and turn a failed job into an error that 
 rank and the cause. Runs in the client process (the one that calls ``fit``/``train``)."""
 
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import sys
@@ -15,11 +17,12 @@ from pyflink.table import Table
 
 from .._defaults import CRASH_REPORT_GRACE, DEPLOYMENT_GRACE, PEER_ERROR_GRACE, TIMEOUT
 from ..data_types import DataType
-from ..errors import RendezvousError, TaskManagerLostError, WorkerError, worker_error_class
+from ..errors import RendezvousError, TaskManagerLostError, WorkerError, WorkerLostError, \
+    is_retriable, worker_error_class
 from . import failures, options
 from .feed import LivenessWatch
-from .job import check_environment, check_input_types, is_local, node_results_table, \
-    shard_keys
+from .job import check_environment, check_input_types, configure_job, is_local, \
+    node_results_table, shard_keys
 from .job_spec import JobSpec
 from .protocol import RunStore, wait_until
 from .rendezvous import RendezvousServer
@@ -45,7 +48,7 @@ class DistributedRun:
                  epochs: int = 1, output_types: Optional[List[DataType]] = None,
                  input_types: Optional[List[DataType]] = None,
                  rendezvous_host: Optional[str] = None, rendezvous_bind: Optional[str] = None,
-                 ship_by_value: Sequence[Any] = ()):
+                 ship_by_value: Sequence[Any] = (), by_content: bool = False):
         if not isinstance(table, Table):
             raise TypeError(f"table must be a pyflink Table, got {type(table).__name__}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -54,7 +57,8 @@ class DistributedRun:
         names, types = check_input_types(table, input_types)
         conf = t_env.get_config()
         self._previous_parallelism = conf.get("parallelism.default", None)
-        check_environment(t_env, world_size, timeout)
+        check_environment(t_env, world_size)
+        configure_job(t_env, world_size, timeout)
         local = is_local(t_env)
         host = options.lookup(options.RENDEZVOUS_HOST, conf, rendezvous_host) or \
             ("127.0.0.1" if local else socket.gethostbyname(socket.getfqdn()))
@@ -64,20 +68,32 @@ class DistributedRun:
         self._t_env = t_env
         self._liveness: Optional[LivenessWatch] = None
         self._released = False
-        keys = shard_keys(world_size)
+        self._table, self._ship_by_value = table, [entry, *ship_by_value]
+        self._keys = shard_keys(world_size)
         self.spec = JobSpec(
             entry=entry, world_size=world_size, properties=dict(properties or {}),
             input_names=names, input_types=[t.type_name for t in types],
             output_types=[t.type_name for t in output_types] if output_types else None,
             epochs=epochs, rendezvous=self.server.info(), client_pid=os.getpid(),
-            key_to_rank={k: r for r, k in enumerate(keys)})
+            key_to_rank={k: r for r, k in enumerate(self._keys)}, by_content=by_content)
         try:
-            with _shipped_by_value(entry, *ship_by_value):
-                self.results = node_results_table(t_env, table, self.spec, keys)
+            self._build()
         except BaseException:
             self.release()
             raise
         _active.add(self)
+
+    def _build(self) -> None:
+        with _shipped_by_value(*self._ship_by_value):
+            self.results = node_results_table(self._t_env, self._table, self.spec, self._keys)
+
+    def retry(self) -> None:
+        """Build the job again as the run's next attempt: the same store, keys of a new
+        attempt (a late worker of the failed attempt cannot disturb it), the input read
+        again from the source."""
+        configure_job(self._t_env, self.spec.world_size, self.spec.timeout)
+        self.spec = dataclasses.replace(self.spec, attempt=self.spec.attempt + 1)
+        self._build()
 
     def run_store(self) -> RunStore:
         """The run's keys, seen from the client."""
@@ -87,8 +103,6 @@ class DistributedRun:
     # ------------------------------------------------------------------ running
     def collect(self) -> List[Dict[str, Any]]:
         """Execute now; one summary per rank, or the first worker's error."""
-        import json
-
         watch = None
         try:
             submitted = self.results.execute()
@@ -124,6 +138,30 @@ class DistributedRun:
             if r.get("entry_result") is None:
                 r.pop("entry_result", None)
         return results
+
+    def collect_with_retries(self, max_failures: int,
+                             on_retry: Optional[Callable[[BaseException, int], None]] = None,
+                             per_attempt: Optional[Callable[[], Any]] = None
+                             ) -> List[Dict[str, Any]]:
+        """:meth:`collect`, starting a new attempt after a failure a new attempt can get past
+        (a lost worker, host or connection), up to ``max_failures`` times. Raises at once
+        for anything else (the user's code or data), and the first failure once the attempts
+        are used up. ``on_retry(error, next_attempt)`` is told before each new attempt;
+        ``per_attempt()`` returns a context manager wrapped around each."""
+        failures: List[BaseException] = []
+        while True:
+            try:
+                with (per_attempt() if per_attempt is not None else contextlib.nullcontext()):
+                    return self.collect()
+            except WorkerError as error:
+                failures.append(error)
+                if not is_retriable(error):
+                    raise
+                if self.spec.attempt >= max_failures:
+                    raise failures[0]
+                if on_retry is not None:
+                    on_retry(error, self.spec.attempt + 1)
+                self.retry()
 
     @property
     def released(self) -> bool:
@@ -173,13 +211,15 @@ class DistributedRun:
         # A crash fails the job at once; the error a worker or the feed records about it
         # (naming the rank) may come a moment later.
         recorded = self._recorded_error(CRASH_REPORT_GRACE if crashed else 0)
+        if recorded is not None and crashed:  # the survivors' errors follow from the crash
+            return WorkerLostError(f"{recorded} (a Python worker process died: {crashed})")
         if recorded is not None:
             return recorded
         if crashed:
             dead = self._liveness.first_dead() if self._liveness is not None else []
             who = (f"PyTorch worker rank(s) {dead} of {world_size}" if dead else
                    f"A Python worker process of this {world_size}-worker run")
-            return WorkerError(
+            return WorkerLostError(
                 f"{who}: the Python process died (killed, or out of memory?) while the job "
                 f"ran, so the job failed ({crashed}). Check the TaskManager's log and the "
                 f"memory left for Python workers (taskmanager.memory.process.size)")
@@ -202,9 +242,13 @@ class DistributedRun:
         except (TimeoutError, RendezvousError):
             return None
         world_size = self.spec.world_size
-        what = (f"Feeding the input table to the {world_size} PyTorch workers failed"
-                if recorded.is_feed else
-                f"PyTorch worker rank {recorded.who} of {world_size} failed")
+        if recorded.is_feed:
+            what = f"Feeding the input table to the {world_size} PyTorch workers failed"
+        elif recorded.type_name == "WorkerLostError":
+            what = (f"PyTorch worker rank {recorded.who} of {world_size} lost a peer (another "
+                    f"rank's process or host died)")
+        else:
+            what = f"PyTorch worker rank {recorded.who} of {world_size} failed"
         return worker_error_class(recorded.type_name)(f"{what}: {recorded.text}")
 
     def _published_feeds(self) -> Callable[[], Dict[int, str]]:
@@ -260,22 +304,21 @@ class _DeploymentWatch:
         self.wait = timeout + DEPLOYMENT_GRACE
         self._done = threading.Event()
 
+        def deployed() -> bool:
+            return self._done.is_set() or run.count(run.keys.deployed) >= world_size
+
         def watch():
-            deadline = time.monotonic() + self.wait
-            while not self._done.wait(0.5):
+            try:
+                wait_until(deployed, self.wait, f"{world_size} workers to be deployed",
+                           poll=0.5)
+            except TimeoutError:
+                self.starved = run.count(run.keys.deployed)
                 try:
-                    deployed = run.count(run.keys.deployed)
-                except Exception:  # the run is over and its store closed
-                    return
-                if deployed >= world_size:
-                    return
-                if time.monotonic() > deadline:
-                    self.starved = deployed
-                    try:
-                        job_client.cancel()
-                    except Exception:  # already ending
-                        pass
-                    return
+                    job_client.cancel()
+                except Exception:  # already ending
+                    pass
+            except Exception:  # the run is over and its store closed
+                pass
 
         threading.Thread(target=watch, daemon=True, name="ftm-deployment-watch").start()
 

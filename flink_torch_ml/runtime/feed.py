@@ -16,7 +16,9 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import AuthenticationError, FeedError, FrameError
-from .columns import Columns, concat_columns, decode_columns, encode_columns
+import numpy as np
+
+from .columns import Columns, concat_columns, decode_columns, encode_columns, row_hashes, take
 from .wire import (HANDSHAKE_TIMEOUT, Security, client_handshake, log_rejected, recv_frame,
                    send_frame, serve_handshake)
 
@@ -159,24 +161,39 @@ class FeedServer:
 
 
 class FeedSender:
-    """Ships batches to the workers' servers, round-robin, so any number of senders gives
-    every worker a near-equal share. ``lookup(rank)`` returns a worker's ``host:port`` (it
-    waits, bounded, until the worker published it); ``sent(rank, rows)`` records each
-    delivered batch (the worker checks the total at end of input)."""
+    """Ships batches to the workers' servers. ``by_content=False``: whole batches,
+    round-robin, so any number of senders gives every worker a near-equal share;
+    ``by_content=True``: each row to the rank its content hashes to, so a rank's rows are
+    the same whatever the arrival order (deterministic, resumable fits). ``lookup(rank)``
+    returns a worker's ``host:port`` (it waits, bounded, until the worker published it);
+    ``sent(rank, rows)`` records each delivered batch (the worker checks the total at end
+    of input)."""
 
     def __init__(self, world_size: int, first_target: int, timeout: float, security: Security,
-                 lookup: Callable[[int], str], sent: Callable[[int, int], None]):
+                 lookup: Callable[[int], str], sent: Callable[[int, int], None],
+                 by_content: bool = False):
         self._world_size = world_size
+        self._by_content = by_content
         self._next = first_target % world_size
         self._timeout = timeout
         self._security = security
         self._lookup, self._sent = lookup, sent
         self._connections: Dict[int, Tuple[socket.socket, str]] = {}
 
-    def send(self, columns: Columns) -> int:
-        """Deliver one batch to the next worker; returns that worker's rank."""
-        rank = self._next
-        self._next = (self._next + 1) % self._world_size
+    def send(self, columns: Columns) -> None:
+        """Deliver one batch: to the next worker, or row by row to their content's ranks."""
+        if not self._by_content or self._world_size == 1:
+            rank = self._next
+            self._next = (self._next + 1) % self._world_size
+            self._deliver(rank, columns)
+            return
+        targets = row_hashes(columns) % np.uint64(self._world_size)
+        for rank in range(self._world_size):
+            index = np.flatnonzero(targets == rank)
+            if len(index):
+                self._deliver(rank, take(columns, index))
+
+    def _deliver(self, rank: int, columns: Columns) -> None:
         rows = len(columns[0]) if columns else 0
         payload = encode_columns(columns)
         conn, address = self._connection(rank)
@@ -193,7 +210,6 @@ class FeedSender:
             raise FeedError(f"PyTorch worker rank {rank} at {address} closed the connection "
                             f"instead of acknowledging {rows} rows (it failed; see its error)")
         self._sent(rank, rows)
-        return rank
 
     def _connection(self, rank: int) -> Tuple[socket.socket, str]:
         if rank not in self._connections:

@@ -27,15 +27,15 @@ from ..errors import SchemaError
 from .job_spec import JobSpec
 from .operators import ExplodeRows, FeedFunction, NodeFunction
 
-__all__ = ["check_environment", "shard_keys", "node_results_table", "explode_rows_udtf",
-           "check_input_types", "is_local", "results_sink", "unbounded_sources"]
+__all__ = ["check_environment", "configure_job", "shard_keys", "node_results_table",
+           "explode_rows_udtf", "check_input_types", "is_local", "results_sink",
+           "unbounded_sources"]
 
 SHARD, ROWTIME = "__ftm_shard", "__ftm_rowtime"
 
 
-def check_environment(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
-    """Fail before submission when the environment cannot run W workers together, and set
-    what the workers need (interpreter, parallelism, max parallelism)."""
+def check_environment(t_env, world_size: int) -> None:
+    """Fail before submission when the environment cannot run W workers together."""
     from pyflink.table import StreamTableEnvironment
 
     if not isinstance(t_env, StreamTableEnvironment):
@@ -59,6 +59,13 @@ def check_environment(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
         raise ValueError(f"world_size={world_size} PyTorch workers must run at the same time, "
                          f"but this local environment has taskmanager.numberOfTaskSlots="
                          f"{slots}; raise it to at least {world_size} or lower world_size")
+
+
+def configure_job(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
+    """Set what the run's job needs in the environment's configuration: the workers'
+    interpreter, W as parallelism, a pinned max parallelism (shard keys depend on it),
+    bounded slot requests and the feed's batch sizes (unless configured)."""
+    config = t_env.get_config()
     if config.get("python.executable", None) is None:
         config.set("python.executable", sys.executable)
     if config.get("slot.request.timeout", None) is None:  # Flink's default waits 5 minutes

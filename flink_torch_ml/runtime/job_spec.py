@@ -25,6 +25,9 @@ class JobSpec:
     client_pid: int
     key_to_rank: Dict[int, int]
     attempt: int = 0
+    #: rows go to ranks by content and each shard is sorted by content (the estimator:
+    #: the same shards whatever the arrival order); else batches round-robin, as they come
+    by_content: bool = False
 
     @property
     def timeout(self) -> float:

@@ -70,7 +70,7 @@ class FeedFunction(ScalarFunction):
             run.add(run.keys.fed_rows(rank), rows)
 
         return FeedSender(spec.world_size, self._subtask, spec.timeout,
-                          spec.rendezvous.security, lookup, sent)
+                          spec.rendezvous.security, lookup, sent, spec.by_content)
 
     def eval(self, *series: pd.Series) -> pd.Series:
         spec = self._spec

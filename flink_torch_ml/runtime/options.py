@@ -6,11 +6,15 @@ environment, then the default."""
 import os
 from typing import Optional
 
-__all__ = ["TIMEOUT", "RENDEZVOUS_HOST", "RENDEZVOUS_BIND", "MAX_FRAME_BYTES",
-           "SSL_CERTIFICATE", "SSL_KEY", "lookup", "env_name"]
+__all__ = ["TIMEOUT", "MAX_FAILURES", "CHECKPOINT_DIR", "RENDEZVOUS_HOST", "RENDEZVOUS_BIND",
+           "MAX_FRAME_BYTES", "SSL_CERTIFICATE", "SSL_KEY", "lookup", "env_name"]
 
 #: seconds any distributed wait may take (a ``PyTorchClusterConfig`` property)
 TIMEOUT = "flink_torch_ml.timeout"
+#: new attempts of a failed run (a ``PyTorchClusterConfig`` property)
+MAX_FAILURES = "flink_torch_ml.max-failures"
+#: where a custom entry keeps its checkpoints (a ``PyTorchClusterConfig`` property)
+CHECKPOINT_DIR = "flink_torch_ml.checkpoint-dir"
 #: address the workers dial to reach the client's rendezvous store
 RENDEZVOUS_HOST = "flink_torch_ml.rendezvous.host"
 #: address the rendezvous store binds (default: loopback on the embedded mini-cluster,

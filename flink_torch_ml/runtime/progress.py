@@ -36,6 +36,15 @@ class EpochPrinter:
     def _print_available(self) -> bool:
         printed = False
         run = self.run
+        if self._next == 1 and run.has(run.keys.resume_point):
+            point = run.get_json(run.keys.resume_point)
+            for skipped in point.get("skipped") or []:
+                print(f"[flink-torch-ml] {skipped}", flush=True)
+            if point.get("epoch"):
+                self._next = int(point["epoch"]) + 1
+                print(f"[flink-torch-ml] attempt {run.attempt}: resuming after epoch "
+                      f"{point['epoch']} from the checkpoint in {point['directory']!r}",
+                      flush=True)
         while self._next <= self.epochs and run.has(run.keys.progress(self._next)):
             record = run.get_json(run.keys.progress(self._next))
             line = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

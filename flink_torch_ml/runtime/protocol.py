@@ -105,6 +105,16 @@ class RunKeys:
         """The prefix under which ``torch.distributed`` process groups rendezvous."""
         return self._key("pg/")
 
+    @property
+    def resume_point(self) -> str:
+        """JSON: the checkpoint rank 0 chose to continue from (or none), and what it skipped."""
+        return self._key("resume_point")
+
+    @property
+    def training_started(self) -> str:
+        """JSON: when this attempt's ranks began training (after any resume)."""
+        return self._key("training_started")
+
     def progress(self, epoch: int) -> str:
         """JSON: the estimator's record of one epoch (epochs count from 1)."""
         return self._key(f"progress/{epoch}")

@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Optional, Union
 from .._defaults import ORPHANED_WORKER_GRACE, PEER_ERROR_GRACE
 from ..errors import WorkerError
 from .columns import Columns, column_shapes, concat_columns, conform_empty, decode_columns, \
-    encode_columns
+    encode_columns, sort_by_content
 from .context import NodeContext
+from .failures import lost_peer
 from .job_spec import JobSpec
 from .orphan_guard import start_orphan_guard, write_stderr
 from .protocol import RunStore, wait_until
@@ -265,6 +266,8 @@ def _run_claimed(spec: JobSpec, worker: WorkerRun, subtask: int, pid: int, colum
         try:
             received = columns() if callable(columns) else columns
             received_rows = len(received[0]) if received else 0
+            if spec.by_content:  # the same order whatever the arrival order
+                received = sort_by_content(received)
             shard = Shard(worker.rebalance(received))
             del received
             output_types = spec.output_data_types()
@@ -278,7 +281,9 @@ def _run_claimed(spec: JobSpec, worker: WorkerRun, subtask: int, pid: int, colum
             # a collective only notice the failure once it goes down, so the root cause is
             # always recorded first.
             text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
-            worker.fail(text, type(error).__name__)
+            # a collective failing because a peer vanished: the peer was lost, not this rank
+            worker.fail(text, "WorkerLostError" if lost_peer(str(error))
+                        else type(error).__name__)
             earlier = worker.peer_error(PEER_ERROR_GRACE)
             if earlier:
                 raise WorkerError(f"PyTorch worker rank {rank} of {spec.world_size} failed "

@@ -5,6 +5,7 @@
   cluster_job.py train-long MARKERS a low-level DDP loop that runs until it is stopped; each
                                     rank writes MARKERS/rank-R (its pid) once running
   cluster_job.py too-many-workers OUT.json  world_size 3 on 2 slots; the error, as JSON
+  cluster_job.py fit-resilient OUT.json CKPT  a fit with max_failures and checkpoints in CKPT
 """
 
 import json
@@ -96,6 +97,28 @@ def too_many_workers(out_path: str) -> None:
         json.dump(outcome, f)
 
 
+def fit_resilient(out_path: str, checkpoint_dir: str) -> None:
+    """Long enough to lose a TaskManager in the middle; survives it with max_failures."""
+    t_env = create_table_environment("streaming", parallelism=2)
+    xs = np.linspace(-1, 1, 20000)
+    table = t_env.from_elements(
+        [(float(x), float(3 * x + 1)) for x in xs],
+        DataTypes.ROW([DataTypes.FIELD("x", DataTypes.DOUBLE()),
+                       DataTypes.FIELD("y", DataTypes.DOUBLE())]))
+    estimator = PyTorchEstimator(nn.Linear(1, 1), nn.MSELoss(), sgd, feature_cols="x",
+                                 label_col="y", max_epochs=8, batch_size=8, worker_num=2,
+                                 checkpoint_dir=checkpoint_dir, max_failures=2,
+                                 timeout=90.0, verbose=True)
+    model = estimator.fit(table)
+    frame = model.transform(table)[0].to_pandas()
+    result = {"max_error": float(np.abs(frame["prediction"] - frame["y"]).max()),
+              "epochs": [h["epoch"] for h in model.history],
+              "attempts": [h["attempt"] for h in model.history]}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    print("CLUSTER-FIT-RESILIENT-OK", json.dumps(result))
+
+
 if __name__ == "__main__":
-    {"fit": fit, "train-long": train_long,
-     "too-many-workers": too_many_workers}[sys.argv[1]](sys.argv[2])
+    {"fit": fit, "train-long": train_long, "too-many-workers": too_many_workers,
+     "fit-resilient": fit_resilient}[sys.argv[1]](*sys.argv[2:])

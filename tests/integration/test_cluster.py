@@ -152,6 +152,37 @@ def test_more_workers_than_slots_fails_clearly_on_the_cluster(cluster, tmp_path)
     assert cluster.rest("/overview")["jobs-running"] == 0
 
 
+def test_a_fit_survives_a_lost_task_manager_and_its_replacement(cluster, tmp_path):
+    """max_failures: a TaskManager killed mid-fit; the test starts a replacement; the client
+    resubmits and the workers resume from the newest checkpoint."""
+    from flink_torch_ml.runtime.checkpoint import newest_checkpoint
+
+    out, checkpoints = tmp_path / "fit.json", tmp_path / "ckpt"
+    job = cluster.submit("fit-resilient", str(out), str(checkpoints))
+    try:
+        deadline = time.time() + 180
+        while job.poll() is None and time.time() < deadline:
+            checkpoint, _ = newest_checkpoint(str(checkpoints))
+            if checkpoint is not None and checkpoint.epoch >= 2:
+                break
+            time.sleep(0.2)
+        assert job.poll() is None and checkpoint is not None, "no checkpoint was written"
+        task_managers = cluster.pids("taskexecutor")
+        os.kill(task_managers[0], signal.SIGKILL)
+        cluster.script("add-taskmanager")
+        output, _ = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-4000:]
+    result = json.loads(out.read_text())
+    assert result["epochs"] == list(range(1, 9))  # every epoch once
+    assert result["attempts"][0] == 0 and result["attempts"][-1] >= 1
+    assert result["max_error"] < 0.05
+    assert "resuming after epoch" in output
+    assert len(cluster.pids("taskexecutor")) == 2
+
+
 def test_task_manager_killed_mid_training_fails_clearly(cluster, tmp_path):
     """Runs last in this module: it leaves the cluster with one TaskManager."""
     markers = tmp_path / "markers"

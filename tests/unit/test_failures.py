@@ -41,3 +41,15 @@ def test_worker_error_classes_are_both_kinds():
     assert issubclass(worker_error_class("SchemaError"), SchemaError)
     assert worker_error_class("ValueError") is WorkerError
     assert worker_error_class("TaskManagerLostError") is TaskManagerLostError
+
+
+def test_a_collective_broken_by_a_lost_peer_is_recognised():
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
+            "closed by peer [127.0.0.1]:7875. This is typically caused by a remote worker "
+            "crashing.")
+    assert failures.lost_peer(gloo)
+    assert failures.lost_peer("RuntimeError: [gloo] ... Connection reset by peer")
+    assert not failures.lost_peer("ValueError: bad loss on purpose")
+    from flink_torch_ml.errors import is_retriable
+    assert is_retriable(worker_error_class("WorkerLostError")("x"))
+    assert not is_retriable(worker_error_class("ValueError")("x"))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from flink_torch_ml import InvalidDataError
+from flink_torch_ml import Callback, EarlyStopping, InvalidDataError, LRScheduler, TrainingLoop
+from flink_torch_ml.runtime.checkpoint import newest_checkpoint
 from flink_torch_ml.runtime.store import StoreClient, StoreServer, torch_store
 from flink_torch_ml.runtime.training import TrainSettings, fit_worker, state_from_bytes
 from flink_torch_ml.runtime.wire import Security, new_secret
@@ -98,3 +99,159 @@ def test_two_workers_in_a_gloo_world_average_over_all_rows():
     state = state_from_bytes(got[0][1])
     assert got[1][1] is None  # only rank 0 hands back the weights
     assert torch.allclose(state["linear.weight"], torch.tensor([[3.0, -2.0]]), atol=0.1)
+
+
+# ---------------------------------------------------------------- loop, callbacks, resume
+
+class DropoutNet(nn.Module):
+    """Randomness in the forward pass: a resumed fit must reproduce it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+    def forward(self, a, b):
+        return self.net(torch.cat([a, b], dim=1))
+
+
+def adam(model):
+    return torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def step_lr(optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+
+
+class FailAt(Callback):
+    """Simulates a lost worker: raises when the given epoch (0-based) begins."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch):
+        if epoch == self.epoch:
+            raise RuntimeError("worker lost")
+
+
+def fresh(**overrides):
+    torch.manual_seed(0)
+    return settings(model=DropoutNet(), optimizer_creator=adam, max_epochs=5,
+                    callbacks=[LRScheduler(step_lr)], **overrides)
+
+
+def test_a_fit_interrupted_in_epoch_3_and_resumed_ends_with_the_same_weights(tmp_path):
+    whole = fit_worker(0, 1, data(300), fresh(checkpoint_dir=str(tmp_path / "a")))
+    interrupted = fresh(checkpoint_dir=str(tmp_path / "b"))
+    interrupted.callbacks.append(FailAt(2))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        fit_worker(0, 1, data(300), interrupted)
+    checkpoint, _ = newest_checkpoint(str(tmp_path / "b"))
+    assert checkpoint.epoch == 2
+    resumed = fit_worker(0, 1, data(300), fresh(checkpoint_dir=str(tmp_path / "b")),
+                         attempt=1, resume_from=checkpoint)
+    assert resumed["start_epoch"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    assert [h["attempt"] for h in resumed["history"]] == [0, 0, 1, 1, 1]
+    a, b = state_from_bytes(whole["state_dict"]), state_from_bytes(resumed["state_dict"])
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert [h["train_loss"] for h in whole["history"]] == \
+        pytest.approx([h["train_loss"] for h in resumed["history"]], abs=1e-9)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_train_begin(self):
+        self.events.append(("begin", self.loop.rank, self.loop.world_size))
+
+    def on_epoch_begin(self, epoch):
+        self.events.append(("epoch", epoch))
+
+    def on_batch_end(self, batch, logs):
+        if batch == 0:
+            self.events.append(("batch", float(logs["loss"]) > 0))
+
+    def on_epoch_end(self, epoch, logs):
+        self.events.append(("end", epoch, sorted(logs)[:3]))
+
+    def on_train_end(self):
+        self.events.append(("done",))
+
+
+def test_callbacks_see_every_hook_with_the_loop():
+    recorder = Recorder()
+    fit_worker(0, 1, data(100), settings(max_epochs=2, callbacks=[recorder]))
+    assert recorder.events == [("begin", 0, 1), ("epoch", 0), ("batch", True),
+                               ("end", 0, ["attempt", "epoch", "epoch_seconds"]), ("epoch", 1),
+                               ("batch", True), ("end", 1, ["attempt", "epoch", "epoch_seconds"]),
+                               ("done",)]
+
+
+def test_early_stopping_ends_the_fit_and_a_resume_does_not_train_on(tmp_path):
+    stopper = EarlyStopping(monitor="train_loss", patience=0, min_delta=10.0)
+    result = fit_worker(0, 1, data(100), settings(max_epochs=8, callbacks=[stopper],
+                                                  checkpoint_dir=str(tmp_path)))
+    assert len(result["history"]) == 2 and stopper.stopped_epoch == 1
+    checkpoint, _ = newest_checkpoint(str(tmp_path))
+    assert checkpoint.epoch == 2 and checkpoint.metadata["stopped"]
+    again = fit_worker(0, 1, data(100), settings(max_epochs=8, callbacks=[
+        EarlyStopping(monitor="train_loss", patience=0, min_delta=10.0)]),
+        resume_from=checkpoint)
+    assert len(again["history"]) == 2
+
+
+def test_early_stopping_names_a_missing_metric():
+    with pytest.raises(KeyError, match="monitors 'valid_loss'.*set validation"):
+        fit_worker(0, 1, data(50), settings(max_epochs=2, callbacks=[EarlyStopping()]))
+
+
+class ClippedLoop(TrainingLoop):
+    """A user's loop: clips gradients and counts its steps."""
+
+    steps = 0
+
+    def train_step(self, inputs, target):
+        self.optimizer.zero_grad()
+        prediction = self.ddp(*inputs)
+        loss = self.loss(prediction, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
+        self.optimizer.step()
+        ClippedLoop.steps += 1
+        return loss, prediction
+
+
+def test_a_custom_training_loop_replaces_a_step():
+    ClippedLoop.steps = 0
+    result = fit_worker(0, 1, data(64), settings(max_epochs=3, batch_size=16,
+                                                 loop=ClippedLoop()))
+    assert ClippedLoop.steps == 12 and len(result["history"]) == 3
+
+
+def _early_rank(rank, port, secret, columns, results):
+    client = StoreClient("127.0.0.1", port, Security(secret), 30.0)
+    stopper = EarlyStopping(monitor="valid_loss", patience=1, min_delta=1e9)
+    result = fit_worker(rank, 2, columns, settings(max_epochs=10, validation=0.3,
+                                                   callbacks=[stopper]),
+                        torch_store(client, "pg/"), 30.0)
+    results.put((rank, len(result["history"]), stopper.stopped_epoch))
+
+
+def test_early_stopping_stops_every_rank_at_the_same_epoch():
+    secret = new_secret()
+    server = StoreServer("127.0.0.1", Security(secret))
+    full = data(300)
+    shards = [[c[:150] for c in full], [c[150:] for c in full]]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_early_rank, args=(r, server.port, secret, shards[r],
+                                                       results)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=120) for _ in range(2))
+    for p in ranks:
+        p.join(30)
+    server.close()
+    assert got == [(0, 2, 1), (1, 2, 1)]
