@@ -15,12 +15,12 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..errors import AuthenticationError, FeedError, FrameError
+from ..errors import FeedError
 import numpy as np
 
 from .columns import Columns, concat_columns, decode_columns, encode_columns, row_hashes, take
-from .wire import (HANDSHAKE_TIMEOUT, Security, client_handshake, log_rejected, recv_frame,
-                   send_frame, serve_handshake)
+from .wire import (HANDSHAKE_TIMEOUT, AuthenticatedServer, Security, client_handshake,
+                   recv_frame, send_frame)
 
 __all__ = ["FeedServer", "FeedSender", "LivenessWatch", "connect_authenticated"]
 
@@ -42,53 +42,23 @@ def connect_authenticated(address: str, security: Security, timeout: float) -> s
         raise
 
 
-class FeedServer:
+class FeedServer(AuthenticatedServer):
     """Receives the batches of one worker's shard; one thread per connected sender. Only
     peers that pass the handshake are read; a stranger's connection is closed and logged,
     and never affects the shard."""
 
     def __init__(self, address: str, timeout: float, security: Security):
-        self._sock = socket.create_server((address, 0))
-        self.address = f"{address}:{self._sock.getsockname()[1]}"
         self._timeout = timeout
-        self._security = security
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._batches: List[Columns] = []
         self.rows = 0
-        self.rejected = 0  # connections closed for failing the handshake
         self.first_batch_at: Optional[float] = None
         self.error: Optional[BaseException] = None
-        self._closed = False
-        self._connections: List[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True, name="ftm-feed-accept").start()
+        super().__init__(address, security, "a PyTorch worker's feed")
+        self.address = f"{address}:{self.port}"
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._closed:
-                    conn.close()
-                    return
-                self._connections.append(conn)
-            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
-                             name="ftm-feed-recv").start()
-
-    def _serve(self, conn: socket.socket, peer) -> None:
-        try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            conn = self._security.wrap_server(conn)
-            serve_handshake(conn, self._security)
-        except (OSError, AuthenticationError, FrameError, ValueError) as error:
-            with self._lock:
-                self.rejected += 1
-            if not self._closed:
-                log_rejected("a PyTorch worker's feed", peer, error)
-            self._drop(conn)
-            return
+    def serve(self, conn: socket.socket, peer) -> None:
         try:
             while True:
                 payload = recv_frame(conn, self._security.max_frame_bytes)
@@ -104,21 +74,10 @@ class FeedServer:
                     self._arrived.notify_all()
                 conn.sendall(_ACK)
         except BaseException as error:  # noqa: BLE001 - an authenticated sender broke: the
-            if not self._closed:        # shard is incomplete; reported at end of input
+            if not self.closed:          # shard is incomplete; reported at end of input
                 with self._lock:
                     self.error = self.error or error
                     self._arrived.notify_all()
-        finally:
-            self._drop(conn)
-
-    def _drop(self, conn: socket.socket) -> None:
-        with self._lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        try:
-            conn.close()
-        except OSError:
-            pass
 
     def columns(self, expected_rows: int) -> Columns:
         """The whole shard, column by column, once ``expected_rows`` rows have arrived (they
@@ -148,16 +107,9 @@ class FeedServer:
 
     def close(self) -> None:
         """Stop receiving (senders still connected get an error) and free the batches."""
+        super().close()
         with self._lock:
-            self._closed = True
             self._batches = []
-            sockets, self._connections = [self._sock] + self._connections, []
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept/recv
-            except OSError:
-                pass
-            sock.close()
 
 
 class FeedSender:

@@ -17,11 +17,11 @@ import logging
 import socket
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import AuthenticationError, FrameError, RendezvousError
-from .wire import (HANDSHAKE_TIMEOUT, Security, client_handshake, log_rejected, recv_frame,
-                   send_frame, serve_handshake)
+from .wire import (HANDSHAKE_TIMEOUT, AuthenticatedServer, Security, client_handshake,
+                   recv_frame, send_frame)
 
 __all__ = ["StoreServer", "StoreClient", "torch_store"]
 
@@ -55,67 +55,24 @@ def _message(header: dict, value: bytes = b"") -> Tuple[bytes, bytes]:
     return json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n", value
 
 
-class StoreServer:
-    """A thread per connection; the data lives in one dict guarded by a condition."""
+class StoreServer(AuthenticatedServer):
+    """The data lives in one dict guarded by a condition; a thread per connection."""
 
     def __init__(self, bind: str, security: Security):
-        self._security = security
-        self._sock = socket.create_server((bind, 0))
-        self.port = self._sock.getsockname()[1]
         self._data: Dict[str, bytes] = {}
         self._cond = threading.Condition()
-        self._closed = False
-        self._connections: List[socket.socket] = []
-        self.rejected = 0  # connections that failed the handshake or broke the protocol
-        threading.Thread(target=self._accept, daemon=True, name="ftm-store-accept").start()
+        super().__init__(bind, security, "the rendezvous store")
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, peer = self._sock.accept()
-            except OSError:
-                return
-            with self._cond:
-                if self._closed:
-                    conn.close()
-                    return
-                self._connections.append(conn)
-            threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
-                             name="ftm-store-conn").start()
-
-    def _serve(self, conn: socket.socket, peer) -> None:
+    def serve(self, conn: socket.socket, peer) -> None:
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            conn = self._security.wrap_server(conn)
-            serve_handshake(conn, self._security)
-        except (OSError, AuthenticationError, FrameError, ValueError) as error:
-            self.rejected += 1
-            if not self._closed:
-                log_rejected("the rendezvous store", peer, error)
-            self._drop(conn)
-            return
-        try:
-            while not self._closed:
+            while not self.closed:
                 frame = recv_frame(conn, self._security.max_frame_bytes)
                 if frame is None:
                     return
                 header, value = _split(frame)
                 send_frame(conn, *self._handle(header, value))
         except (OSError, FrameError, ValueError, KeyError, TypeError) as error:
-            self.rejected += 1
-            if not self._closed:
-                log_rejected("the rendezvous store (bad request)", peer, error)
-        finally:
-            self._drop(conn)
-
-    def _drop(self, conn: socket.socket) -> None:
-        with self._cond:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        try:
-            conn.close()
-        except OSError:
-            pass
+            self.reject(peer, error)  # an authenticated client that broke the protocol
 
     def _handle(self, header: dict, value: memoryview) -> Tuple[bytes, bytes]:
         op = header["op"]
@@ -126,7 +83,7 @@ class StoreServer:
                 return _message({"ok": True})
             if op == "get":  # waits up to a short slice for the key
                 key = str(header["key"])
-                self._cond.wait_for(lambda: key in self._data or self._closed,
+                self._cond.wait_for(lambda: key in self._data or self.closed,
                                     min(float(header.get("wait", 0)), _WAIT_SLICE))
                 if key in self._data:
                     return _message({"ok": True, "found": True}, self._data[key])
@@ -139,7 +96,7 @@ class StoreServer:
                 return _message({"ok": True, "value": number})
             if op == "check":
                 keys = [str(k) for k in header["keys"]]
-                self._cond.wait_for(lambda: all(k in self._data for k in keys) or self._closed,
+                self._cond.wait_for(lambda: all(k in self._data for k in keys) or self.closed,
                                     min(float(header.get("wait", 0)), _WAIT_SLICE))
                 return _message({"ok": True, "value": all(k in self._data for k in keys)})
             if op == "compare_set":
@@ -159,17 +116,10 @@ class StoreServer:
         raise KeyError(f"unknown store operation {op!r}")
 
     def close(self) -> None:
+        super().close()
         with self._cond:
-            self._closed = True
             self._data.clear()
-            sockets, self._connections = [self._sock] + self._connections, []
             self._cond.notify_all()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
 
 
 class StoreClient:

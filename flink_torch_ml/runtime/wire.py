@@ -28,7 +28,7 @@ from typing import Optional, Set, Tuple
 
 from ..errors import AuthenticationError, FrameError
 
-__all__ = ["Security", "new_secret", "serve_handshake",
+__all__ = ["Security", "AuthenticatedServer", "new_secret", "serve_handshake",
            "client_handshake", "send_frame", "recv_frame", "recv_exactly", "log_rejected",
            "DEFAULT_MAX_FRAME_BYTES", "HANDSHAKE_TIMEOUT"]
 
@@ -185,6 +185,82 @@ def recv_frame(sock: socket.socket, max_bytes: int) -> Optional[memoryview]:
     if payload is None and size:
         raise FrameError("the connection closed before a frame's payload")
     return payload if payload is not None else memoryview(b"")
+
+
+class AuthenticatedServer:
+    """A TCP server every connection of which must first pass the handshake: an accept
+    thread and a thread per connection. A subclass's ``serve(conn, peer)`` handles an
+    authenticated connection; a stranger is closed, counted in ``rejected`` and logged once.
+    Subclasses set up their own state before calling ``__init__`` (it starts accepting)."""
+
+    def __init__(self, bind: str, security: Security, what: str):
+        self._security = security
+        self._what = what
+        self._sock = socket.create_server((bind, 0))
+        self.port = self._sock.getsockname()[1]
+        self._connections_lock = threading.Lock()
+        self._connections: list = []
+        self.closed = False
+        self.rejected = 0  # connections closed for failing the handshake or the protocol
+        threading.Thread(target=self._accept, daemon=True, name=f"ftm-{what}-accept").start()
+
+    def serve(self, conn: socket.socket, peer) -> None:
+        raise NotImplementedError
+
+    def reject(self, peer, error: BaseException) -> None:
+        with self._connections_lock:
+            self.rejected += 1
+        if not self.closed:
+            log_rejected(self._what, peer, error)
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            with self._connections_lock:
+                if self.closed:
+                    conn.close()
+                    return
+                self._connections.append(conn)
+            threading.Thread(target=self._run, args=(conn, peer), daemon=True,
+                             name=f"ftm-{self._what}-conn").start()
+
+    def _run(self, conn: socket.socket, peer) -> None:
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            conn = self._security.wrap_server(conn)
+            serve_handshake(conn, self._security)
+        except (OSError, AuthenticationError, FrameError, ValueError) as error:
+            self.reject(peer, error)
+            self._drop(conn)
+            return
+        try:
+            self.serve(conn, peer)
+        finally:
+            self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (threads blocked in them wake up)."""
+        with self._connections_lock:
+            self.closed = True
+            sockets, self._connections = [self._sock] + self._connections, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 _rejected: Set[Tuple[str, str]] = set()
