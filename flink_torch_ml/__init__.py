@@ -24,6 +24,7 @@ from .errors import (AuthenticationError, CheckpointError, ChecksumMismatchError
                      UnsupportedTypeError, WorkerError, WorkerLostError)
 from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
+from .runtime.planner import prepare_planner
 from .runtime.callbacks import Callback, EarlyStopping, LRScheduler, ModelCheckpoint
 from .runtime.training import TrainingLoop
 
@@ -43,6 +44,7 @@ __all__ = [
     "Pipeline",
     "PipelineModel",
     "create_table_environment",
+    "prepare_planner",
     "pytorch_utils",
     "PyTorchClusterConfig",
     "PyTorchContext",

@@ -21,6 +21,7 @@ from .scoring.batch import feature_array, output_to_series
 from .errors import SchemaError
 from .model import PyTorchModel
 from .runtime.orphan_guard import start_orphan_guard
+from .runtime.planner import planned
 
 __all__ = ["score_data_stream", "ModelMapFunction"]
 
@@ -35,7 +36,7 @@ def score_data_stream(data_stream: DataStream, model: Union[PyTorchModel, str],
         t_env = StreamTableEnvironment.create(data_stream.get_execution_environment())
     model = _as_model(model, t_env)
     scored = model.transform(t_env.from_data_stream(data_stream))[0]
-    return t_env.to_data_stream(scored)
+    return planned(t_env, lambda: t_env.to_data_stream(scored))
 
 
 def _as_model(model: Union[PyTorchModel, str], t_env) -> PyTorchModel:

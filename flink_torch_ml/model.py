@@ -20,6 +20,7 @@ from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaEr
     UnsupportedTypeError
 from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol,
                      IntArrayParam, ParamValidators, StringParam)
+from .runtime.planner import planned
 from .scoring.export import FORMATS, export_model, to_torchscript
 from .scoring.runner import ModelRunner
 from .scoring.serialization import SavedModel, read_model_dir, write_model_dir
@@ -267,7 +268,7 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         """Use the model held by a table from :meth:`get_model_data` (reads its one row)."""
         if len(inputs) != 1:
             raise ValueError(f"set_model_data takes one table, got {len(inputs)}")
-        with inputs[0].execute().collect() as rows:
+        with planned(inputs[0]._t_env, inputs[0].execute).collect() as rows:
             rows = list(rows)
         if len(rows) != 1:
             raise ModelFormatError(f"A model data table holds exactly one row, got {len(rows)}")
@@ -372,7 +373,8 @@ def _infer_widths(table: Optional[Table], cols, column_types) -> List[int]:
     if mode != "batch":
         raise SchemaError(f"Array feature column(s) {', '.join(array_cols)} of a streaming "
                           f"table: set feature_widths=[...] (their lengths; 1 for scalars)")
-    with table.select(*[col(c) for c in array_cols]).limit(1).execute().collect() as rows:
+    first_row = table.select(*[col(c) for c in array_cols]).limit(1)
+    with planned(table._t_env, first_row.execute).collect() as rows:
         first = next(iter(rows), None)
     if first is None:
         raise SchemaError(f"Cannot infer the length of array column(s) "

@@ -14,3 +14,14 @@ def batch_env():
 def stream_env():
     from flink_torch_ml import create_table_environment
     return create_table_environment("streaming", parallelism=2)
+
+
+@pytest.fixture(autouse=True)
+def _planner_ready(request):
+    """Tests run the library (and PyFlink) from several threads; a planner call that lands
+    on a py4j thread without Calcite's providers breaks the planner for every later test
+    (FLINK-23020, see flink_torch_ml/runtime/planner.py). Repair it before each test."""
+    from flink_torch_ml import prepare_planner
+    for name in ("stream_env", "batch_env"):
+        if name in request.fixturenames:
+            prepare_planner(request.getfixturevalue(name))

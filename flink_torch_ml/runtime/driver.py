@@ -24,6 +24,7 @@ from .feed import LivenessWatch
 from .job import check_environment, check_input_types, configure_job, is_local, \
     node_results_table, shard_keys
 from .job_spec import JobSpec
+from .planner import planned, prepare_planner
 from .protocol import RunStore, wait_until
 from .rendezvous import RendezvousServer
 from .wire import DEFAULT_MAX_FRAME_BYTES, Security, new_secret
@@ -105,7 +106,7 @@ class DistributedRun:
         """Execute now; one summary per rank, or the first worker's error."""
         watch = None
         try:
-            submitted = self.results.execute()
+            submitted = planned(self._t_env, self.results.execute)
             watch = _DeploymentWatch(self.run_store(), self.spec.world_size, self.spec.timeout,
                                      submitted.get_job_client())
             self._liveness = LivenessWatch(self._published_feeds(),
@@ -129,6 +130,9 @@ class DistributedRun:
                 self._liveness.stop()
             if self._previous_parallelism is not None:  # ran now: leave the env as it was
                 self._t_env.get_config().set("parallelism.default", self._previous_parallelism)
+            # our threads may have opened py4j connections meanwhile: the user's next
+            # planner call from this thread must not fail (see planner.py)
+            prepare_planner(self._t_env)
         results.sort(key=lambda r: r["rank"])
         if [r["rank"] for r in results] != list(range(self.spec.world_size)):
             raise WorkerError(f"Expected one result per rank 0..{self.spec.world_size - 1}, "
@@ -303,6 +307,10 @@ class _DeploymentWatch:
         self.starved: Optional[int] = None
         self.wait = timeout + DEPLOYMENT_GRACE
         self._done = threading.Event()
+        # Only this object holds the job client, and stop() (the client's thread) drops it:
+        # py4j frees a Java object in the thread that drops it last, and a py4j call from
+        # another thread opens a second connection (see planner.py).
+        self._job_client = job_client
 
         def deployed() -> bool:
             return self._done.is_set() or run.count(run.keys.deployed) >= world_size
@@ -313,10 +321,14 @@ class _DeploymentWatch:
                            poll=0.5)
             except TimeoutError:
                 self.starved = run.count(run.keys.deployed)
+                client = self._job_client
                 try:
-                    job_client.cancel()
+                    if client is not None:
+                        client.cancel()
                 except Exception:  # already ending
                     pass
+                finally:
+                    del client
             except Exception:  # the run is over and its store closed
                 pass
 
@@ -324,6 +336,7 @@ class _DeploymentWatch:
 
     def stop(self) -> None:
         self._done.set()
+        self._job_client = None
 
 
 @contextlib.contextmanager

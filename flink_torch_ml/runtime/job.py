@@ -26,6 +26,7 @@ from ..data_types import DataType
 from ..errors import SchemaError
 from .job_spec import JobSpec
 from .operators import ExplodeRows, FeedFunction, NodeFunction
+from .planner import planned
 
 __all__ = ["check_environment", "configure_job", "shard_keys", "node_results_table",
            "explode_rows_udtf", "check_input_types", "is_local", "results_sink",
@@ -141,7 +142,7 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
         f"UNION ALL SELECT CAST(k + RAND_INTEGER(1) AS INT) AS {SHARD} "
         f"FROM (VALUES {pad_rows}) AS pads(k)")
     try:
-        stream = t_env.to_data_stream(union)
+        stream = planned(t_env, lambda: t_env.to_data_stream(union))
     except Exception as error:
         if "doesn't support consuming update changes" not in str(error):
             raise
