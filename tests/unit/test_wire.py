@@ -123,3 +123,27 @@ def test_random_bytes_never_pass_the_handshake_or_crash_the_parser():
         except FrameError:
             pass
         server.close()
+
+
+def test_servers_reply_without_waiting_for_nagle():
+    """Accepted connections have TCP_NODELAY: a request/reply protocol whose replies are
+    small writes otherwise waits for the peer's delayed ACK (40 ms a request on Linux; it
+    made every store operation, and so ingest, that slow)."""
+    from flink_torch_ml.runtime.wire import AuthenticatedServer
+
+    seen = {}
+
+    class Probe(AuthenticatedServer):
+        def serve(self, conn, peer):
+            seen["nodelay"] = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            conn.sendall(b"\x01")
+
+    server = Probe("127.0.0.1", SECURITY, "probe")
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        client_handshake(client, SECURITY, timeout=5)
+        assert client.recv(1) == b"\x01"
+        assert seen["nodelay"] != 0
+        client.close()
+    finally:
+        server.close()
