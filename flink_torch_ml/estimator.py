@@ -14,6 +14,7 @@ import torch
 from pyflink.table import StatementSet, Table
 from pyflink.table.expressions import col
 
+from ._compat import table_columns
 from .api import Estimator, write_flinkml_metadata
 from .data_types import DataType
 from .errors import CheckpointError, SchemaError, UnsupportedTypeError
@@ -303,9 +304,8 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
             problems.append("label_col is not set")
         if problems:
             raise ValueError("PyTorchEstimator is not configured: " + "; ".join(problems))
-        schema = table.get_resolved_schema()
-        names = list(schema.get_column_names())
-        types = dict(zip(names, schema.get_column_data_types()))
+        names, flink_types = table_columns(table)
+        types = dict(zip(names, flink_types))
         validation = self.get(self.VALIDATION)
         wanted = list(features) + [label] + ([validation] if isinstance(validation, str) else [])
         missing = [c for c in wanted if c not in types]

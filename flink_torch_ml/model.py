@@ -14,6 +14,7 @@ import torch
 from pyflink.table import Table
 from pyflink.table.expressions import col
 
+from ._compat import table_columns
 from .api import Model
 from .data_types import DataType
 from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaError, \
@@ -341,9 +342,8 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
 
 
 def _check_columns(table: Table, cols: Sequence[str], prediction_col: str) -> List[DataType]:
-    schema = table.get_resolved_schema()
-    names = schema.get_column_names()
-    types = dict(zip(names, schema.get_column_data_types()))
+    names, flink_types = table_columns(table)
+    types = dict(zip(names, flink_types))
     missing = [c for c in cols if c not in types]
     if missing:
         raise SchemaError(f"Feature column(s) {', '.join(map(repr, missing))} not found in the "

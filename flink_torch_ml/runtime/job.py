@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 from pyflink.table import DataTypes, Schema, Table
 from pyflink.table.udf import udaf, udf, udtf
 
+from .._compat import table_columns
 from .._defaults import ARROW_BATCH_ROWS, MAX_PARALLELISM, TIMEOUT
 from ..data_types import DataType
 from ..errors import SchemaError
@@ -252,11 +253,6 @@ def results_sink():
     return (TableDescriptor.for_connector("blackhole")
             .schema(Schema.new_builder().column("shard", DataTypes.INT())
                     .column("node_result", DataTypes.STRING()).build()).build())
-
-
-def table_columns(table: Table) -> Tuple[List[str], list]:
-    schema = table.get_resolved_schema()
-    return list(schema.get_column_names()), list(schema.get_column_data_types())
 
 
 def check_input_types(table: Table, types: Optional[List[DataType]]) -> Tuple[List[str],

@@ -11,6 +11,7 @@ Their results cross Flink as JSON, never as pickles.
 """
 
 import json
+import os
 import threading
 import time
 from typing import Optional
@@ -20,6 +21,8 @@ import pandas as pd
 from pyflink.table import DataTypes
 from pyflink.table.udf import AggregateFunction, ScalarFunction, TableFunction
 
+from .._compat import subtask_index
+from ..errors import WorkerError
 from .columns import columns_from_pandas, empty_columns
 from .feed import FeedSender, FeedServer
 from .job_spec import JobSpec
@@ -51,7 +54,8 @@ class FeedFunction(ScalarFunction):
         return False  # it has a side effect: never fold, reorder or drop its calls
 
     def open(self, function_context) -> None:
-        self._subtask = function_context.get_index_of_this_subtask()
+        index = subtask_index(function_context)
+        self._subtask = index if index is not None else os.getpid()  # where rotation starts
         start_orphan_guard()  # a killed TaskManager must not leave this process behind
 
     def _start(self) -> FeedSender:
@@ -112,25 +116,26 @@ def _warm_up_torch() -> None:
 
 class NodeFunction(AggregateFunction):
     """A row-at-a-time UDAF over ``GROUP BY shard, TUMBLE(rowtime)`` hosting one PyTorch
-    worker per shard: open() starts the worker's feed server (its Python process opens at
-    the shard's pad row, so while the input still streams); the window fires at the end of
+    worker per shard: open() starts the worker's feed server (at job start); the shard's pad
+    row, which arrives at once, tells it its rank and it publishes the server's address for
+    that rank, so the input streams in while the source runs; the window fires at the end of
     input, when every batch has been delivered, and get_value() runs the node."""
 
     def __init__(self, spec: JobSpec):
         self._spec = spec
-        self._subtask = -1
+        self._subtask: Optional[int] = None
+        self._rank: Optional[int] = None
         self._server: Optional[FeedServer] = None
         self._run: Optional[RunStore] = None
         self._warm_up: Optional[threading.Thread] = None
 
     def open(self, function_context) -> None:
         spec = self._spec
-        self._subtask = function_context.get_index_of_this_subtask()
+        self._subtask = subtask_index(function_context)  # None before PyFlink 2.3
         start_orphan_guard()
         run = self._run = _run_store(spec)
         self._server = FeedServer(local_address_towards(spec.rendezvous.host), spec.timeout,
                                   spec.rendezvous.security)
-        run.set(run.keys.feed_address(self._subtask), self._server.address)
         # Tell the client this subtask is deployed (before any data): the client cancels a
         # run whose W subtasks were not all deployed in time (too few free slots).
         run.add(run.keys.deployed, 1)
@@ -150,6 +155,15 @@ class NodeFunction(AggregateFunction):
 
     def accumulate(self, accumulator, shard):
         accumulator[0] = shard
+        rank = self._spec.key_to_rank[int(shard)]
+        if self._rank is None:
+            self._rank = rank
+            self._run.set(self._run.keys.feed_address(rank), self._server.address)
+        elif rank != self._rank:  # the feed would mix two shards into one server
+            raise WorkerError(
+                f"Shards of ranks {self._rank} and {rank} landed on one Flink subtask: the "
+                f"shard keys do not match this job's parallelism; set parallelism.default to "
+                f"the world size ({self._spec.world_size}) and pin pipeline.max-parallelism")
 
     def get_value(self, accumulator):
         received = time.time()

@@ -225,19 +225,23 @@ class WorkerRun:
         run.add(self.keys.exited, 1)
 
 
-def run_node(spec: JobSpec, rank: int, subtask: int,
+def run_node(spec: JobSpec, rank: int, subtask: Optional[int],
              columns: Union[Columns, Callable[[], Columns]],
              store: Optional[StoreClient] = None) -> Dict:
     """Run the entry for ``rank`` over its shard (columns, or a function returning them, so
     that bad input is reported like any other worker error); return the JSON-able summary
-    the client collects."""
+    the client collects. ``subtask`` is None where PyFlink does not tell it (before 2.3):
+    then the rank stands for it, and the shard-key check in the operator and the claims
+    below keep the one-rank-per-subtask guarantee."""
     pid = os.getpid()
     if pid == spec.client_pid:
         raise WorkerError(
             "The PyTorch worker runs inside the client process (PyFlink's loopback mode): "
             "import flink_torch_ml before creating the TableEnvironment, or set "
             "os.environ['_python_worker_execution_mode'] = 'process' first")
-    if subtask != rank:
+    if subtask is None:
+        subtask = rank
+    elif subtask != rank:
         raise WorkerError(f"Rank {rank} landed on Flink subtask {subtask}: the shard keys do not "
                           f"match this job's parallelism; set parallelism.default to the "
                           f"world size ({spec.world_size}) and pin pipeline.max-parallelism")

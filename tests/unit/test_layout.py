@@ -9,7 +9,7 @@ import flink_torch_ml
 
 PACKAGE = pathlib.Path(flink_torch_ml.__file__).parent
 #: modules of the package root that runtime/ and scoring/ may use: leaves with no API in them
-FOUNDATION = {"errors", "data_types", "_defaults", "_version"}
+FOUNDATION = {"errors", "data_types", "_defaults", "_version", "_compat"}
 
 
 def modules():
