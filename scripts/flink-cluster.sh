@@ -110,9 +110,14 @@ start() {
     local rest_port="${FLINK_REST_PORT:-8081}" rpc_port="${FLINK_RPC_PORT:-6123}"
     # Keep the wheel's JVM options (needed on Java 17+), replace everything else.
     "$py" - "$home/conf/config.yaml" "$dir/conf/config.yaml" <<EOF
-import sys, yaml
+import json, sys
+try:  # PyYAML (Flink 2.x's Beam brings it) or ruamel.yaml (every PyFlink line needs it)
+    from yaml import safe_load
+except ImportError:
+    from ruamel.yaml import YAML
+    safe_load = YAML(typ="safe").load
 with open(sys.argv[1]) as f:
-    wheel = yaml.safe_load(f) or {}
+    wheel = safe_load(f) or {}
 java_opts = (((wheel.get("env") or {}).get("java") or {}).get("opts") or {}).get("all", "")
 config = {
     "env.java.opts.all": java_opts,
@@ -134,8 +139,8 @@ config = {
     # Training jobs fail fast and the client reports why; restarting would replay the run.
     "restart-strategy.type": "none",
 }
-with open(sys.argv[2], "w") as f:
-    yaml.safe_dump(config, f, default_flow_style=False, width=100000)
+with open(sys.argv[2], "w") as f:  # flat keys; JSON scalars are YAML scalars
+    f.writelines(f"{key}: {json.dumps(value)}\n" for key, value in config.items())
 EOF
     cat > "$dir/cluster.env" <<EOF
 FLINK_HOME='$home'

@@ -113,12 +113,14 @@ def cluster(tmp_path_factory):
         assert not _alive(started) | _alive(workers), "the cluster left processes running"
 
 
+@pytest.mark.compat
 def test_cluster_script_reports_status(cluster):
     done = cluster.script("status")
     assert '"taskmanagers":2' in done.stdout and '"slots-total":2' in done.stdout
     assert len(cluster.pids("taskexecutor")) == 2 and len(cluster.pids("standalonesession")) == 1
 
 
+@pytest.mark.compat
 def test_estimator_fit_and_transform_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "fit.json"
     returncode, output = cluster.run_job("fit", str(out), timeout=300)

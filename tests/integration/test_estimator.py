@@ -275,6 +275,7 @@ def test_user_code_failing_in_a_worker_reaches_the_user(stream_env, overrides, m
 
 # ------------------------------------------------------------------ FlinkML contract
 
+@pytest.mark.compat
 def test_estimator_save_load_round_trip(stream_env, tmp_path):
     original = estimator(max_epochs=4, seed=7, metrics=["mae"])
     original.save(str(tmp_path / "est"))

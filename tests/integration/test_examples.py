@@ -3,6 +3,8 @@
 import importlib.util
 import os
 
+import pytest
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
@@ -21,6 +23,7 @@ def test_score_table_example(batch_env, stream_env):
     assert sorted(os.listdir(result["model_dir"])) == ["metadata", "metadata.json", "model.onnx"]
 
 
+@pytest.mark.compat
 def test_readme_quick_start_runs():
     readme = open(os.path.join(EXAMPLES, "..", "README.md")).read()
     block = readme.split("## Quick start", 1)[1].split("```python", 1)[1].split("```", 1)[0]
@@ -29,6 +32,7 @@ def test_readme_quick_start_runs():
     assert namespace["loaded"].get_feature_cols() == ("x1", "x2")
 
 
+@pytest.mark.compat
 def test_train_and_score_example(stream_env):
     result = load_example("train_and_score").main(stream_env, rows=2000, epochs=10)
     assert result["valid_accuracy"] > 0.85
@@ -37,6 +41,7 @@ def test_train_and_score_example(stream_env):
     assert len(result["history"]) == 10
 
 
+@pytest.mark.compat
 def test_linear_pytorch_example(stream_env):
     rows = load_example("linear_pytorch").main(stream_env)
     assert [r[0] for r in rows] == [0, 1]
@@ -44,6 +49,7 @@ def test_linear_pytorch_example(stream_env):
     assert abs(rows[0][1] - 2) < 0.1 and abs(rows[0][2] - 1) < 0.1  # learned y = 2x + 1
 
 
+@pytest.mark.compat
 def test_add_five_streaming_example(stream_env):
     result = load_example("add_five_streaming").main(stream_env, rows=50, sink="collect")
     for frame, column in ((result["transform"], "x_plus_five"), (result["sql"], "y")):

@@ -35,6 +35,7 @@ def on_a_fresh_py4j_thread():
             client.deque.append(connection)
 
 
+@pytest.mark.compat
 def test_flink_alone_fails_on_a_fresh_py4j_thread_and_then_everywhere(stream_env):
     """The bug this guards against is real on the Flink in use (else the tests below prove
     nothing): one planner call on a fresh thread breaks the planner for every thread, until
@@ -51,6 +52,7 @@ def test_flink_alone_fails_on_a_fresh_py4j_thread_and_then_everywhere(stream_env
     stream_env.to_data_stream(table.where(table.a > 0))
 
 
+@pytest.mark.compat
 def test_planned_calls_work_on_a_fresh_py4j_thread(stream_env):
     table = stream_env.from_elements([(1, 2.0), (2, 3.0), (3, 4.0)], ["a", "b"])
     with on_a_fresh_py4j_thread():
@@ -59,6 +61,7 @@ def test_planned_calls_work_on_a_fresh_py4j_thread(stream_env):
             assert sorted(r[0] for r in rows) == [2, 3]
 
 
+@pytest.mark.compat
 def test_fit_and_transform_work_on_a_fresh_py4j_thread(stream_env):
     rows = [(float(i), float(i) * 2.0) for i in range(64)]
     table = stream_env.from_elements(rows, ["x", "y"])
