@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -454,10 +455,15 @@ class _Training:
         printer = self._printer()
         printer.start()
 
+        me = weakref.ref(self)  # the janitor's thread must not hold (and free) Java objects
+
         def keep(run: RunStore) -> None:
-            with self._lock:
-                self._trained = read_trained(run)
             printer.stop()
+            trained = read_trained(run)
+            holder = me()
+            if holder is not None:
+                with holder._lock:
+                    holder._trained = trained
 
         self._run.release_when_done(keep)
     def _current(self) -> Optional[TrainedResult]:

@@ -68,7 +68,7 @@ class DistributedRun:
         self.server = RendezvousServer(host, _security(conf), bind, timeout)
         self._t_env = t_env
         self._liveness: Optional[LivenessWatch] = None
-        self._released = False
+        self._held = _Held(self.server)
         self._table, self._ship_by_value = table, [entry, *ship_by_value]
         self._keys = shard_keys(world_size)
         self.spec = JobSpec(
@@ -169,20 +169,19 @@ class DistributedRun:
 
     @property
     def released(self) -> bool:
-        return self._released
+        return self._held.released
 
     def release(self) -> None:
         """Close the run's rendezvous store (its port and memory)."""
-        if not self._released:
-            self._released = True
-            _active.discard(self)
-            self.server.close()
+        _active.discard(self)
+        self._held.release()
 
     def release_when_done(self, on_done: Optional[Callable[[RunStore], None]] = None) -> None:
         """For a run added to a StatementSet, which executes later: once every rank finished
         or one failed, call ``on_done`` (to copy out what the client still needs) and close
-        the store. A background janitor, not a wait anyone blocks on."""
-        run = self.run_store()
+        the store. A background janitor, not a wait anyone blocks on. It holds no Java
+        object (only the store), so none is ever freed on its thread (see planner.py)."""
+        run, held = self.run_store(), self._held
 
         def janitor():
             try:
@@ -196,7 +195,7 @@ class DistributedRun:
             except Exception:  # the store went away: nothing left to release
                 pass
             finally:
-                self.release()
+                held.release()
 
         threading.Thread(target=janitor, daemon=True, name="ftm-run-janitor").start()
 
@@ -268,6 +267,20 @@ class DistributedRun:
             return dict(found)
 
         return addresses
+
+
+class _Held:
+    """What a run holds until it is released: its store's server (no Java objects, so a
+    background thread may release it)."""
+
+    def __init__(self, server: RendezvousServer):
+        self.server = server
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.server.close()
 
 
 def _security(conf) -> Security:

@@ -23,12 +23,13 @@ T = TypeVar("T")
 
 
 def prepare_planner(t_env) -> None:
-    """Give the Java thread serving this Python thread's next py4j call the planner's
-    metadata providers, as the thread that created ``t_env`` has, and drop a metadata query
-    the planner may have cached from a thread without them. Never raises: on a Flink whose
-    planner differs, the planner call itself reports what is wrong."""
+    """Give the Java threads of every idle pooled py4j connection (so the one this Python
+    thread's next call takes) the planner's metadata providers, as the thread that created
+    ``t_env`` has, and drop a metadata query the planner may have cached from a thread
+    without them. Never raises: on a Flink whose planner differs, the planner call itself
+    reports what is wrong."""
     try:
-        _install(t_env)
+        _install_on_idle_connections(t_env)
     except Exception as error:  # noqa: BLE001 - a workaround must not add failures
         _log.debug("could not prepare the planner's metadata providers: %s", error)
 
@@ -45,6 +46,42 @@ def planned(t_env, call: Callable[[], T]) -> T:
                 raise
             attempt += 1
             _log.debug("planner call hit FLINK-23020 on a py4j thread; preparing it again")
+
+
+def _install_on_idle_connections(t_env) -> None:
+    """:func:`_install` through each idle connection of py4j's pool in turn (alone in the
+    pool, it serves the calls), then the pool as it was, its top connection on top."""
+    from pyflink.java_gateway import get_gateway
+
+    pool = getattr(get_gateway()._gateway_client, "deque", None)
+    if pool is None:  # not py4j's pooled GatewayClient: prepare whichever thread serves
+        _install(t_env)
+        return
+    taken = []  # the former top first
+    while True:
+        try:
+            taken.append(pool.pop())
+        except IndexError:
+            break
+    if not taken:
+        _install(t_env)
+        return
+    order = list(reversed(taken))  # bottom first, so that the former top ends on top
+    turns, back = set(), set()
+    try:
+        for connection in order:
+            turns.add(id(connection))
+            pool.append(connection)
+            try:
+                _install(t_env)
+            finally:
+                try:
+                    pool.remove(connection)
+                    back.add(id(connection))
+                except ValueError:  # another thread took it meanwhile and gives it back
+                    pass
+    finally:
+        pool.extend(c for c in order if id(c) in back or id(c) not in turns)
 
 
 def _install(t_env) -> None:

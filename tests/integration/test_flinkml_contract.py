@@ -12,6 +12,7 @@ from pyflink.table import DataTypes
 from torch import nn
 
 from flink_torch_ml import Pipeline, PipelineModel, PyTorchEstimator, PyTorchModel
+from flink_torch_ml._compat import table_columns
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -52,7 +53,7 @@ def test_model_data_round_trips_through_a_table(stream_env, tmp_path):
     model._t_env = stream_env
     data = model.get_model_data()
     assert len(data) == 1
-    assert list(data[0].get_resolved_schema().get_column_names()) == ["format", "model", "spec"]
+    assert table_columns(data[0])[0] == ["format", "model", "spec"]
     copy = PyTorchModel().set_model_data(*data)
     table = line_table(stream_env, 50)
     got = copy.transform(table)[0].to_pandas().sort_values("x")

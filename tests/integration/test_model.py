@@ -12,6 +12,7 @@ from pyflink.table.expressions import col
 
 from flink_torch_ml import (ChecksumMismatchError, ModelFormatError, NotFittedError,
                             PyTorchModel, SchemaError, UnsupportedTypeError)
+from flink_torch_ml._compat import table_columns
 from tests.models import (ArrayToScalar, EmbeddingModel, MixedClassifier, ScalarRegressor)
 
 FORMATS = ["torchscript", "onnx"]
@@ -59,8 +60,8 @@ def test_scalar_features_scalar_output_in_memory(batch_env):
     table, rows = scalar_table(batch_env)
     module = ScalarRegressor()
     result = PyTorchModel(module, ["x1", "x2"]).transform(table)[0]
-    assert list(result.get_resolved_schema().get_column_names()) == ["id", "x1", "x2", "prediction"]
-    assert result.get_resolved_schema().get_column_data_types()[-1] == DataTypes.FLOAT()
+    assert table_columns(result)[0] == ["id", "x1", "x2", "prediction"]
+    assert table_columns(result)[1][-1] == DataTypes.FLOAT()
     frame = by_id(result)
     assert len(frame) == N
     assert_close(frame["prediction"], expected(module, [r[1] for r in rows],
@@ -84,7 +85,7 @@ def test_saved_array_model_gives_array_probabilities(batch_env, tmp_path, fmt):
     module = MixedClassifier(n=4, k=3)
     PyTorchModel(module, ["x", "v"], feature_widths=[1, 4]).save(str(tmp_path / "m"), format=fmt)
     result = PyTorchModel.load(batch_env, str(tmp_path / "m")).transform(table)[0]
-    assert result.get_resolved_schema().get_column_data_types()[-1] == DataTypes.ARRAY(
+    assert table_columns(result)[1][-1] == DataTypes.ARRAY(
         DataTypes.FLOAT())
     frame = by_id(result)
     want = expected(module, [r[1] for r in rows], [r[2] for r in rows])
@@ -122,7 +123,7 @@ def test_integer_column_as_embedding_index_and_double_prediction_override(batch_
     module = EmbeddingModel()
     model = PyTorchModel(module, ["k", "x"], prediction_type="FLOAT_64")
     result = model.transform(table)[0]
-    assert result.get_resolved_schema().get_column_data_types()[-1] == DataTypes.DOUBLE()
+    assert table_columns(result)[1][-1] == DataTypes.DOUBLE()
     with torch.no_grad():
         want = module(torch.tensor([[r[1]] for r in rows]),
                       torch.tensor([[r[2]] for r in rows], dtype=torch.float32)).numpy()
@@ -136,7 +137,7 @@ def test_float64_model_gives_double_column(batch_env):
     table, rows = scalar_table(batch_env)
     module = ScalarRegressor().double()
     result = PyTorchModel(module, ["x1", "x2"]).transform(table)[0]
-    assert result.get_resolved_schema().get_column_data_types()[-1] == DataTypes.DOUBLE()
+    assert table_columns(result)[1][-1] == DataTypes.DOUBLE()
     with torch.no_grad():
         want = module(torch.tensor([[r[1]] for r in rows], dtype=torch.float64),
                       torch.tensor([[r[2]] for r in rows], dtype=torch.float64)).numpy()

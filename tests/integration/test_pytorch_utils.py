@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from flink_torch_ml import (PyTorchClusterConfig, PyTorchContext, SchemaError, WorkerError,
                             create_table_environment, pytorch_utils)
 from flink_torch_ml.runtime.driver import active_runs
+from flink_torch_ml._compat import table_columns
 
 
 # ---------------------------------------------------------------- entries (top-level)
@@ -205,7 +206,7 @@ def test_inference_writes_back_exactly_the_expected_rows(stream_env):
     schema = (Schema.new_builder().column("x", DataTypes.DOUBLE())
               .column("y", DataTypes.DOUBLE()).column("rank", DataTypes.INT()).build())
     out = pytorch_utils.inference(stream_env.create_statement_set(), table, cfg, schema)
-    assert list(out.get_resolved_schema().get_column_names()) == ["x", "y", "rank"]
+    assert table_columns(out)[0] == ["x", "y", "rank"]
     frame = out.to_pandas()
     assert sorted(frame["x"]) == sorted(xs)
     assert (frame["y"] == 2 * frame["x"] + 1).all()
