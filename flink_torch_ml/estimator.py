@@ -466,6 +466,7 @@ class _Training:
                     holder._trained = trained
 
         self._run.release_when_done(keep)
+
     def _current(self) -> Optional[TrainedResult]:
         with self._lock:
             if self._trained is None and not self._run.released:

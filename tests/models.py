@@ -54,3 +54,16 @@ class AddFive(nn.Module):
 
     def forward(self, x):
         return x + 5.0
+
+
+class DropoutNet(nn.Module):
+    """Two scalar features -> one, through an MLP with dropout: randomness in the forward
+    pass that a resumed fit must reproduce."""
+
+    def __init__(self, hidden: int = 16, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, a, b):
+        return self.net(torch.cat([a, b], dim=1))

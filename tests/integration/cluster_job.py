@@ -27,13 +27,18 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.1)
 
 
-def fit(out_path: str) -> None:
-    t_env = create_table_environment("streaming", parallelism=2)
-    xs = np.linspace(-1, 1, 2000)
-    table = t_env.from_elements(
+def line_table(t_env, rows: int):
+    """``rows`` points of y = 3x + 1 on [-1, 1], as a table (x, y)."""
+    xs = np.linspace(-1, 1, rows)
+    return t_env.from_elements(
         [(float(x), float(3 * x + 1)) for x in xs],
         DataTypes.ROW([DataTypes.FIELD("x", DataTypes.DOUBLE()),
                        DataTypes.FIELD("y", DataTypes.DOUBLE())]))
+
+
+def fit(out_path: str) -> None:
+    t_env = create_table_environment("streaming", parallelism=2)
+    table = line_table(t_env, 2000)
     estimator = PyTorchEstimator(nn.Linear(1, 1), nn.MSELoss(), sgd, feature_cols="x",
                                  label_col="y", max_epochs=15, batch_size=32, worker_num=2)
     model = estimator.fit(table)
@@ -100,11 +105,7 @@ def too_many_workers(out_path: str) -> None:
 def fit_resilient(out_path: str, checkpoint_dir: str) -> None:
     """Long enough to lose a TaskManager in the middle; survives it with max_failures."""
     t_env = create_table_environment("streaming", parallelism=2)
-    xs = np.linspace(-1, 1, 20000)
-    table = t_env.from_elements(
-        [(float(x), float(3 * x + 1)) for x in xs],
-        DataTypes.ROW([DataTypes.FIELD("x", DataTypes.DOUBLE()),
-                       DataTypes.FIELD("y", DataTypes.DOUBLE())]))
+    table = line_table(t_env, 20000)
     estimator = PyTorchEstimator(nn.Linear(1, 1), nn.MSELoss(), sgd, feature_cols="x",
                                  label_col="y", max_epochs=8, batch_size=8, worker_num=2,
                                  checkpoint_dir=checkpoint_dir, max_failures=2,

@@ -21,19 +21,14 @@ from flink_torch_ml import (CheckpointError, EarlyStopping, PyTorchClusterConfig
                             PyTorchContext, PyTorchEstimator, WorkerError, pytorch_utils)
 from flink_torch_ml.runtime.checkpoint import newest_checkpoint
 from flink_torch_ml.runtime.driver import active_runs
+from tests.models import DropoutNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class Net(nn.Module):
+def dropout_net():
     """A small MLP with dropout: randomness a resumed fit must reproduce."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 1))
-
-    def forward(self, a, b):
-        return self.net(torch.cat([a, b], dim=1))
+    return DropoutNet(hidden=32, dropout=0.2)
 
 
 def adam(model):
@@ -57,7 +52,7 @@ def table(env, n=6000):
 
 def estimator(**overrides):
     torch.manual_seed(7)
-    params = dict(model=Net(), loss=nn.MSELoss(), optimizer_creator=adam,
+    params = dict(model=dropout_net(), loss=nn.MSELoss(), optimizer_creator=adam,
                   feature_cols=["a", "b"], label_col="y", max_epochs=5, batch_size=8,
                   worker_num=2, seed=11, lr_scheduler_creator=step_lr, timeout=60.0)
     params.update(overrides)
@@ -232,7 +227,7 @@ def test_bad_fault_tolerance_settings_are_refused_before_submission(stream_env, 
     with pytest.raises(CheckpointError, match=r"holds another model: .*net\.0\.weight"):
         estimator(model=Other(), resume_from=used).fit(t)
     with pytest.raises(ValueError, match="StatementSet"):
-        PyTorchEstimator(stream_env.create_statement_set(), Net(), nn.MSELoss(), adam,
+        PyTorchEstimator(stream_env.create_statement_set(), dropout_net(), nn.MSELoss(), adam,
                          feature_cols=["a", "b"], label_col="y", max_failures=1).fit(t)
 
 

@@ -13,6 +13,7 @@ from flink_torch_ml.runtime.checkpoint import newest_checkpoint
 from flink_torch_ml.runtime.store import StoreClient, StoreServer, torch_store
 from flink_torch_ml.runtime.training import TrainSettings, fit_worker, state_from_bytes
 from flink_torch_ml.runtime.wire import Security, new_secret
+from tests.models import DropoutNet
 
 
 class Linear(nn.Module):
@@ -102,17 +103,6 @@ def test_two_workers_in_a_gloo_world_average_over_all_rows():
 
 
 # ---------------------------------------------------------------- loop, callbacks, resume
-
-class DropoutNet(nn.Module):
-    """Randomness in the forward pass: a resumed fit must reproduce it."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
-
-    def forward(self, a, b):
-        return self.net(torch.cat([a, b], dim=1))
-
 
 def adam(model):
     return torch.optim.Adam(model.parameters(), lr=0.01)
