@@ -236,6 +236,7 @@ def test_worker_that_raises_fails_the_run_naming_rank_and_error(stream_env):
 
 @pytest.mark.parametrize("how", ["hang", "die"])
 def test_worker_that_hangs_or_dies_makes_others_time_out(stream_env, how):
+    before = set(python_workers())  # workers of other tests' jobs may still be ending
     start = time.monotonic()
     with pytest.raises(Exception) as raised:
         pytorch_utils.train(None, config(hanging_entry, 2, timeout=10, how=how),
@@ -248,10 +249,7 @@ def test_worker_that_hangs_or_dies_makes_others_time_out(stream_env, how):
     else:  # rank 1's process ended: named by rank 0's timeout or by its own death
         assert re.search(r"rank\(s\) \[1\]|rank 1\b", str(raised.value)), raised.value
     # nothing is left running: the stuck worker ends itself once its run has failed
-    deadline = time.monotonic() + 30
-    while python_workers() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert python_workers() == []
+    assert_no_worker_left(before)
 
 
 def test_worker_killed_while_its_input_arrives_is_named(stream_env, tmp_path):
@@ -273,6 +271,7 @@ def test_worker_killed_while_its_input_arrives_is_named(stream_env, tmp_path):
             outcome["error"] = error
 
     earlier = active_runs()  # lazy runs of other tests may still be listed
+    before = set(python_workers())
     runner = threading.Thread(target=run)
     runner.start()
     deadline = time.monotonic() + 60
@@ -292,10 +291,7 @@ def test_worker_killed_while_its_input_arrives_is_named(stream_env, tmp_path):
     error = outcome.get("error")
     assert isinstance(error, WorkerError), outcome
     assert re.search(r"rank 1 at 127\.0\.0\.1:\d+|rank\(s\) \[1\]", str(error)), error
-    deadline = time.monotonic() + 30
-    while python_workers() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert python_workers() == []
+    assert_no_worker_left(before)
 
 
 def pid_listening_on(port):
@@ -327,6 +323,26 @@ def python_workers():
         except (OSError, ValueError):
             continue
     return found
+
+
+def describe_process(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return f"pid {pid} (state {fields[0]}, parent {fields[1]}): {command}"
+    except OSError:
+        return f"pid {pid} (gone)"
+
+
+def assert_no_worker_left(before, wait: float = 30.0):
+    """Every Python worker started since ``before`` (a set of pids) ends within ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while set(python_workers()) - before and time.monotonic() < deadline:
+        time.sleep(1)
+    left = sorted(set(python_workers()) - before)
+    assert left == [], "\n".join(describe_process(p) for p in left)
 
 
 def test_fewer_slots_than_world_size_is_a_clear_error(tmp_path):
