@@ -26,6 +26,7 @@ from ..errors import WorkerError
 from .columns import columns_from_pandas, empty_columns
 from .feed import FeedSender, FeedServer
 from .job_spec import JobSpec
+from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
 from .protocol import FEED, RunStore, wait_until
 from .rendezvous import connect, local_address_towards
@@ -49,6 +50,7 @@ class FeedFunction(ScalarFunction):
         self._run: Optional[RunStore] = None
         self._subtask = 0
         self._types = spec.input_data_types()
+        self._fed = self._fed_rate = None  # Flink metrics, set in open()
 
     def is_deterministic(self) -> bool:
         return False  # it has a side effect: never fold, reorder or drop its calls
@@ -57,6 +59,10 @@ class FeedFunction(ScalarFunction):
         index = subtask_index(function_context)
         self._subtask = index if index is not None else os.getpid()  # where rotation starts
         start_orphan_guard()  # a killed TaskManager must not leave this process behind
+        group = metric_group(function_context)
+        if group is not None:  # live while the input arrives (training itself is one call)
+            self._fed = group.counter("rowsSentToWorkers")
+            self._fed_rate = group.meter("rowsSentToWorkersPerSecond", time_span_in_seconds=60)
 
     def _start(self) -> FeedSender:
         spec = self._spec
@@ -82,6 +88,9 @@ class FeedFunction(ScalarFunction):
             if self._sender is None:
                 self._sender = self._start()
             self._sender.send(columns_from_pandas(series, spec.input_names, self._types))
+            if self._fed is not None:
+                self._fed.inc(len(series[0]))
+                self._fed_rate.mark_event(len(series[0]))
         except BaseException as error:
             self._record(error)
             raise
