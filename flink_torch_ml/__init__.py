@@ -26,6 +26,7 @@ from .model import PyTorchModel, register_model_function
 from .pipeline import Pipeline, PipelineModel
 from .runtime.planner import prepare_planner
 from .runtime.callbacks import Callback, EarlyStopping, LRScheduler, ModelCheckpoint
+from .runtime.loggers import MLflowLogger, TensorBoardLogger
 from .runtime.training import TrainingLoop
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "EarlyStopping",
     "ModelCheckpoint",
     "LRScheduler",
+    "TensorBoardLogger",
+    "MLflowLogger",
     "Pipeline",
     "PipelineModel",
     "create_table_environment",
