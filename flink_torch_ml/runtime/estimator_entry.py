@@ -64,6 +64,9 @@ class EstimatorEntry:
         def on_epoch(record: Dict[str, Any]) -> None:
             run.set_json(run.keys.progress(record["epoch"]), record)
 
+        def on_batch(position: Dict[str, Any]) -> None:
+            run.set_json(run.keys.batch_progress, position)
+
         def save_model(path: str, model_format: str) -> None:  # for ModelCheckpoint
             _save(copy.deepcopy(self.settings.model), self.settings, widths, path,
                   model_format, {})
@@ -73,7 +76,8 @@ class EstimatorEntry:
             run.set_json(run.keys.training_started, {"at": time.time(), "resume_epoch":
                                                      checkpoint.epoch if checkpoint else 0})
         result = fit_worker(context.rank, context.world_size, columns, self.settings, store,
-                            context.timeout, on_epoch, run.attempt, checkpoint, save_model)
+                            context.timeout, on_epoch, run.attempt, checkpoint, save_model,
+                            on_batch)
         summary = {"rows": result["rows"], "torch_threads": result["torch_threads"],
                    "start_epoch": result["start_epoch"], "epochs": len(result["history"])}
         if context.rank == 0:

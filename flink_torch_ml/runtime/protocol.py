@@ -115,6 +115,11 @@ class RunKeys:
         """JSON: when this attempt's ranks began training (after any resume)."""
         return self._key("training_started")
 
+    @property
+    def batch_progress(self) -> str:
+        """JSON: rank 0's position in the current epoch (epoch, batch, batches), throttled."""
+        return self._key("progress/batch")
+
     def progress(self, epoch: int) -> str:
         """JSON: the estimator's record of one epoch (epochs count from 1)."""
         return self._key(f"progress/{epoch}")

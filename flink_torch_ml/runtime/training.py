@@ -363,7 +363,8 @@ def fit_worker(rank: int, world_size: int, columns: List[np.ndarray], settings: 
                store=None, timeout: float = TIMEOUT,
                on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
                attempt: int = 0, resume_from: Optional[Checkpoint] = None,
-               save_model: Optional[Callable[[str, str], None]] = None) -> Dict[str, Any]:
+               save_model: Optional[Callable[[str, str], None]] = None,
+               on_batch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train on this worker's shard; return the history and (rank 0) the trained state.
     ``store`` is a ``torch.distributed.Store`` for the process group's rendezvous (needed
     when ``world_size > 1``); ``resume_from`` a verified checkpoint to continue."""
@@ -377,7 +378,8 @@ def fit_worker(rank: int, world_size: int, columns: List[np.ndarray], settings: 
             timeout=datetime.timedelta(seconds=timeout))
     try:
         loop = settings.loop if settings.loop is not None else TrainingLoop()
-        reporter = _EpochReporter(on_epoch) if on_epoch is not None and rank == 0 else None
+        reporter = _EpochReporter(on_epoch, on_batch) if on_epoch is not None and rank == 0 \
+            else None
         settings = _with_callbacks(settings, settings.callbacks + ([reporter] if reporter
                                                                     else []))
         loop._setup(rank, world_size, columns, settings, attempt, save_model)
@@ -401,10 +403,31 @@ def _with_callbacks(settings: TrainSettings, callbacks: List[Callback]) -> Train
 
 
 class _EpochReporter(Callback):
-    """Internal: hands each epoch's record to the client (rank 0), for progress output."""
+    """Internal: hands each epoch's record to the client (rank 0), for progress output, and
+    (with ``report_batch``) its position within the epoch, at most every ``interval`` s."""
 
-    def __init__(self, report: Callable[[Dict[str, Any]], None]):
-        self.report = report
+    def __init__(self, report: Callable[[Dict[str, Any]], None],
+                 report_batch: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 interval: float = 0.25):
+        self.report, self.report_batch, self.interval = report, report_batch, interval
+        self._batches, self._epoch, self._last = 0, 0, 0.0
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self._epoch = epoch + 1
+        self._batches = max(1, math.ceil(len(self.loop.train_index)
+                                         / self.loop.settings.batch_size))
+        self._send(0)
+
+    def on_batch_end(self, batch: int, logs: Dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval or batch + 1 >= self._batches:
+            self._send(batch + 1)
+
+    def _send(self, batch: int) -> None:
+        if self.report_batch is not None:
+            self._last = time.monotonic()
+            self.report_batch({"epoch": self._epoch, "batch": min(batch, self._batches),
+                               "batches": self._batches})
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, Any]) -> None:
         self.report(logs)
