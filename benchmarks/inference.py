@@ -3,8 +3,9 @@
 For a tiny MLP (16->32->1) and a compute-heavy MLP (16->1024->1024->1), in both formats, prints
 rows/s of ``PyTorchModel.transform`` over a datagen table of 16 FLOAT columns into a blackhole
 sink, beside:
-  - the raw limit: the same model run by onnxruntime / TorchScript on the same numpy data in
-    this process, with the same batch size and all cores;
+  - the raw limit: the same model run by onnxruntime / TorchScript on the same numpy data with
+    the same batch size, the best of one process with all cores and P processes (P = the
+    job's parallelism) with cores/P threads each, running at once;
   - Flink's floor for Python UDFs: an identity pandas UDF taking the same 16 columns;
   - a row-at-a-time Python UDF calling the model (the DL-on-Flink docs' approach).
 Rates exclude JVM, job and worker start-up: every UDF records when its first batch starts and
@@ -66,6 +67,43 @@ def raw_limit(model_dir: str, fmt: str, data: np.ndarray, batch: int) -> float:
     for lo in range(0, len(data), batch):
         runner.predict([c[lo:lo + batch] for c in columns])
     return len(data) / (time.perf_counter() - start)
+
+
+def _limit_worker(model_dir, fmt, data, batch, threads, barrier, results):
+    from flink_torch_ml.scoring.runner import ModelRunner
+    from flink_torch_ml.scoring.serialization import read_model_dir
+
+    saved = read_model_dir(model_dir)
+    runner = ModelRunner(fmt, saved.model_bytes, saved.spec.feature_cols, num_threads=threads)
+    runner.open()
+    columns = [np.ascontiguousarray(data[:, i:i + 1]) for i in range(data.shape[1])]
+    runner.predict([c[:batch] for c in columns])  # warm up
+    barrier.wait()
+    start = time.time()
+    for lo in range(0, len(data), batch):
+        runner.predict([c[lo:lo + batch] for c in columns])
+    results.put((start, time.time(), len(data)))
+
+
+def raw_limit_processes(model_dir: str, fmt: str, data: np.ndarray, batch: int,
+                        processes: int) -> float:
+    """Rows/s of ``processes`` processes, each running the model with cores/processes threads
+    on its share of the rows at the same time (what P Flink subtasks can reach at best)."""
+    import multiprocessing
+
+    cores = os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    shares = np.array_split(data, processes)
+    workers = [context.Process(target=_limit_worker, args=(
+        model_dir, fmt, share, batch, max(1, cores // processes), barrier, results))
+        for share in shares]
+    for w in workers:
+        w.start()
+    parts = [results.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join(60)
+    return sum(p[2] for p in parts) / (max(p[1] for p in parts) - min(p[0] for p in parts))
 
 
 def make_env(args):
@@ -220,17 +258,22 @@ def main() -> None:
                     lambda t, d: t.select(identity_udf(d)(*cols).alias("y")))
     print(f"{'identity pandas UDF (Flink floor)':46s} {floor:>12,.0f}")
 
-    results = {}
+    results, limits = {}, {}
     for name, (columns_module, _) in models.items():
         for fmt in ("torchscript", "onnx"):
             path = os.path.join(work, f"{name}-{fmt}")
             PyTorchModel(columns_module, FEATURES, "y").save(path, format=fmt)
-            limit = raw_limit(path, fmt, data, args.batch_size)
+            one = raw_limit(path, fmt, data, args.batch_size)
+            many = raw_limit_processes(path, fmt, data, args.batch_size, args.parallelism)
+            limit = max(one, many)
             model = PyTorchModel.load(t_env, path)
             flink = run_job(t_env, args.rows, lambda t, d: t.select(
                 transform_udf(model, t, d)(*cols).alias("y")))
             results[(name, fmt)] = (flink, limit)
-            print(f"{name + ' ' + fmt + ' raw limit (1 process)':46s} {limit:>12,.0f}")
+            print(f"{name + ' ' + fmt + ' raw limit, 1 process':46s} {one:>12,.0f}")
+            print(f"{name + ' ' + fmt + f' raw limit, {args.parallelism} processes':46s} "
+                  f"{many:>12,.0f}")
+            limits[(name, fmt)] = (one, many)
             print(f"{name + ' ' + fmt + ' PyTorchModel.transform':46s} {flink:>12,.0f}"
                   f"   {flink / limit:5.2f}x limit  {flink / floor:5.2f}x identity")
         saved = read_model_dir(os.path.join(work, f"{name}-torchscript"))
@@ -242,11 +285,11 @@ def main() -> None:
         results[(name, "row")] = (slow, None)
 
     tiny_best = max(results[("tiny", f)][0] for f in ("torchscript", "onnx"))
-    heavy_ratio = max(results[("heavy", f)][0] / results[("heavy", f)][1]
+    heavy_ratio = min(results[("heavy", f)][0] / results[("heavy", f)][1]
                       for f in ("torchscript", "onnx"))
-    print("# targets: heavy >= 0.7x raw limit: %.2fx %s | tiny >= 0.7x identity: %.2fx %s | "
-          ">= 10x row-at-a-time: %.1fx %s" % (
-              heavy_ratio, "ok" if heavy_ratio >= 0.7 else "MISSED",
+    print("# targets: heavy >= 0.95x best raw limit (both formats): %.2fx %s | tiny >= 0.7x "
+          "identity: %.2fx %s | >= 10x row-at-a-time: %.1fx %s" % (
+              heavy_ratio, "ok" if heavy_ratio >= 0.95 else "MISSED",
               tiny_best / floor, "ok" if tiny_best >= 0.7 * floor else "MISSED",
               tiny_best / results[("tiny", "row")][0],
               "ok" if tiny_best >= 10 * results[("tiny", "row")][0] else "MISSED"))
@@ -263,20 +306,23 @@ def main() -> None:
                 (f"tiny MLP: row-at-a-time UDF calling the model (DL-on-Flink docs, "
                  f"{args.row_udf_rows // 1000}k rows)", rate(results[("tiny", "row")][0]), "-"),
                 (f"tiny MLP: raw limit, model alone on numpy, 1 process, {os.cpu_count()} "
-                 f"threads", rate(results[("tiny", "torchscript")][1]),
-                 rate(results[("tiny", "onnx")][1])),
+                 f"threads", rate(limits[("tiny", "torchscript")][0]),
+                 rate(limits[("tiny", "onnx")][0])),
                 ("heavy MLP 16->1024->1024->1: `PyTorchModel.transform`",
                  rate(results[("heavy", "torchscript")][0]),
                  rate(results[("heavy", "onnx")][0])),
-                ("heavy MLP: raw limit", rate(results[("heavy", "torchscript")][1]),
-                 rate(results[("heavy", "onnx")][1])),
+                (f"heavy MLP: raw limit, 1 process x {os.cpu_count()} threads",
+                 rate(limits[("heavy", "torchscript")][0]), rate(limits[("heavy", "onnx")][0])),
+                (f"heavy MLP: raw limit, {args.parallelism} processes x "
+                 f"{max(1, (os.cpu_count() or 1) // args.parallelism)} threads",
+                 rate(limits[("heavy", "torchscript")][1]), rate(limits[("heavy", "onnx")][1])),
                 ("heavy MLP: row-at-a-time UDF", rate(results[("heavy", "row")][0]), "-")])
             + f"\n\nWritten by `benchmarks/inference.py --write-readme`: parallelism "
             f"{args.parallelism}, {args.mode} mode, Arrow batch {args.batch_size:,}, "
             f"{os.cpu_count()} cores. Heavy model at "
             + " and ".join(f"{results[('heavy', f)][0] / results[('heavy', f)][1]:.2f}x ({f})"
                            for f in ("torchscript", "onnx"))
-            + f" of the raw limit; tiny model at {tiny_best / floor:.2f}x the identity UDF "
+            + f" of the best raw limit; tiny model at {tiny_best / floor:.2f}x the identity UDF "
             f"and {tiny_best / results[('tiny', 'row')][0]:.1f}x the row-at-a-time UDF.")
 
 
