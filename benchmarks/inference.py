@@ -111,7 +111,9 @@ def make_env(args):
 
     return create_table_environment("batch", parallelism=args.parallelism, config={
         "python.fn-execution.arrow.batch.size": str(args.batch_size),
-        "python.fn-execution.bundle.size": str(args.batch_size),
+        # several batches per bundle (Flink's default is 100,000 rows): the end of a bundle
+        # is a round trip in which the Python worker idles
+        "python.fn-execution.bundle.size": str(args.bundle_size),
     })
 
 
@@ -141,6 +143,26 @@ class Timed:
         super().close()
 
 
+def jvm_cpu_seconds() -> float:
+    """CPU seconds used so far by the JVMs this process started (Flink's mini-cluster)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name == "java" and int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+#: cores the JVM used during the last run_job (source, Arrow serialization, sink, Flink)
+LAST_JVM_CORES = [0.0]
+
+
 def run_job(t_env, rows: int, build) -> float:
     """Rows/s of the timed UDF in ``build(source_table, timing_dir)`` over ``rows`` datagen rows
     into a blackhole sink, from the first batch's start to the last batch's end."""
@@ -153,7 +175,9 @@ def run_job(t_env, rows: int, build) -> float:
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE src ({fields}) WITH ('connector' = 'datagen',
         'number-of-rows' = '{rows}', 'rows-per-second' = '1000000000')""")
     t_env.execute_sql("CREATE TEMPORARY TABLE sink (y FLOAT) WITH ('connector' = 'blackhole')")
+    jvm_before, started = jvm_cpu_seconds(), time.time()
     build(t_env.from_path("src"), timing_dir).execute_insert("sink").wait()
+    LAST_JVM_CORES[0] = (jvm_cpu_seconds() - jvm_before) / (time.time() - started)
     parts = [json.load(open(os.path.join(timing_dir, f))) for f in os.listdir(timing_dir)]
     seen = sum(p["rows"] for p in parts)
     if seen != rows:
@@ -230,7 +254,9 @@ def main() -> None:
     parser.add_argument("--row-udf-rows", type=int, default=100_000,
                         help="rows for the slow row-at-a-time UDF")
     parser.add_argument("--batch-size", type=int, default=10_000,
-                        help="python.fn-execution.arrow.batch.size (and bundle.size)")
+                        help="python.fn-execution.arrow.batch.size")
+    parser.add_argument("--bundle-size", type=int, default=100_000,
+                        help="python.fn-execution.bundle.size (Flink's default: 100,000)")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--mode", choices=["process", "loopback"], default="process",
                         help="Python worker mode (process: one Python process per subtask)")
@@ -250,7 +276,8 @@ def main() -> None:
     data = np.random.default_rng(0).uniform(-1, 1, size=(args.rows, 16)).astype(np.float32)
     cols = [col(c) for c in FEATURES]
     print(f"# {args.rows:,} rows x 16 FLOAT, parallelism {args.parallelism}, {args.mode} mode, "
-          f"arrow batch {args.batch_size}, {os.cpu_count()} cores; rows/s, start-up excluded")
+          f"arrow batch {args.batch_size}, bundle {args.bundle_size}, {os.cpu_count()} cores; "
+          f"rows/s, start-up excluded")
 
     run_job(t_env, min(args.rows, 200_000),  # warm-up: JVM JIT, Python worker imports
             lambda t, d: t.select(identity_udf(d)(*cols).alias("y")))
@@ -258,7 +285,7 @@ def main() -> None:
                     lambda t, d: t.select(identity_udf(d)(*cols).alias("y")))
     print(f"{'identity pandas UDF (Flink floor)':46s} {floor:>12,.0f}")
 
-    results, limits = {}, {}
+    results, limits, jvm_cores = {}, {}, {}
     for name, (columns_module, _) in models.items():
         for fmt in ("torchscript", "onnx"):
             path = os.path.join(work, f"{name}-{fmt}")
@@ -275,7 +302,9 @@ def main() -> None:
                   f"{many:>12,.0f}")
             limits[(name, fmt)] = (one, many)
             print(f"{name + ' ' + fmt + ' PyTorchModel.transform':46s} {flink:>12,.0f}"
-                  f"   {flink / limit:5.2f}x limit  {flink / floor:5.2f}x identity")
+                  f"   {flink / limit:5.2f}x limit  {flink / floor:5.2f}x identity  "
+                  f"(the JVM used {LAST_JVM_CORES[0]:.2f} of {os.cpu_count()} cores)")
+            jvm_cores[(name, fmt)] = LAST_JVM_CORES[0]
         saved = read_model_dir(os.path.join(work, f"{name}-torchscript"))
         slow = run_job(t_env, args.row_udf_rows, lambda t, d: t.select(
             row_udf(saved.model_bytes, d)(*cols).alias("y")))
@@ -318,11 +347,15 @@ def main() -> None:
                  rate(limits[("heavy", "torchscript")][1]), rate(limits[("heavy", "onnx")][1])),
                 ("heavy MLP: row-at-a-time UDF", rate(results[("heavy", "row")][0]), "-")])
             + f"\n\nWritten by `benchmarks/inference.py --write-readme`: parallelism "
-            f"{args.parallelism}, {args.mode} mode, Arrow batch {args.batch_size:,}, "
+            f"{args.parallelism}, {args.mode} mode, Arrow batch {args.batch_size:,}, bundle "
+            f"{args.bundle_size:,}, "
             f"{os.cpu_count()} cores. Heavy model at "
             + " and ".join(f"{results[('heavy', f)][0] / results[('heavy', f)][1]:.2f}x ({f})"
                            for f in ("torchscript", "onnx"))
-            + f" of the best raw limit; tiny model at {tiny_best / floor:.2f}x the identity UDF "
+            + " of the best raw limit; Flink's JVM (job start, source, Arrow, sink) used "
+            f"{jvm_cores[('heavy', 'torchscript')]:.2f} and "
+            f"{jvm_cores[('heavy', 'onnx')]:.2f} of the {os.cpu_count()} cores; tiny model at "
+            f"{tiny_best / floor:.2f}x the identity UDF "
             f"and {tiny_best / results[('tiny', 'row')][0]:.1f}x the row-at-a-time UDF.")
 
 

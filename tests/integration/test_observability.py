@@ -52,7 +52,9 @@ def test_scoring_metrics_count_every_row_through_the_rest_api(tmp_path, fmt):
     port = free_port()
     env = create_table_environment("streaming", parallelism=2,
                                    config={"rest.port": port, "rest.bind-port": port,
-                                           "python.fn-execution.bundle.time": "200"})
+                                           "python.fn-execution.bundle.time": "200",
+                                           # the REST API's metric cache (default 10 s)
+                                           "metrics.fetcher.update-interval": "500"})
     env.execute_sql(f"""CREATE TEMPORARY TABLE watched (x1 FLOAT, x2 DOUBLE) WITH (
         'connector' = 'filesystem', 'path' = '{data}', 'format' = 'csv',
         'source.monitor-interval' = '1 s')""")
@@ -99,9 +101,11 @@ def test_training_input_metrics_count_the_rows_sent_to_the_workers_while_they_ar
     port = free_port()
     env = create_table_environment("streaming", parallelism=2,
                                    config={"rest.port": port, "rest.bind-port": port,
-                                           "python.fn-execution.bundle.time": "200"})
+                                           "python.fn-execution.bundle.time": "200",
+                                           # the REST API's metric cache (default 10 s)
+                                           "metrics.fetcher.update-interval": "500"})
     env.execute_sql(f"""CREATE TEMPORARY TABLE slow_rows (x DOUBLE, y DOUBLE) WITH (
-        'connector' = 'datagen', 'number-of-rows' = '{n}', 'rows-per-second' = '500',
+        'connector' = 'datagen', 'number-of-rows' = '{n}', 'rows-per-second' = '300',
         'fields.x.min' = '-1', 'fields.x.max' = '1', 'fields.y.min' = '-1',
         'fields.y.max' = '1')""")
     estimator = PyTorchEstimator(
