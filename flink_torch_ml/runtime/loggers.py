@@ -46,6 +46,11 @@ def _local(uri: str) -> str:
     return uri if urlparse(uri).scheme or uri in _NAMED_STORES else os.path.abspath(uri)
 
 
+def _is_file_store(uri: str) -> bool:
+    """True for a tracking URI that names a local directory (``file://`` or a plain path)."""
+    return urlparse(uri).scheme in ("", "file") and uri not in _NAMED_STORES
+
+
 def _scalars(logs: Dict[str, Any]) -> Dict[str, float]:
     """The numeric values of an epoch's logs (numbers, one-element tensors), as floats;
     strings, lists, None and booleans are left out."""
@@ -156,7 +161,8 @@ class MLflowLogger(Callback):
     Without either, MLflow's default store is used, relative to rank 0's working directory
     (a Flink worker's temporary one): give a tracking server or a shared directory. MLflow 3
     refuses file stores (``file:///...`` or a directory) unless
-    ``MLFLOW_ALLOW_FILE_STORE=true``, which is also carried from the client when set; its
+    ``MLFLOW_ALLOW_FILE_STORE=true``: a ``tracking_uri`` naming one turns that on (in the
+    client and on rank 0), as does the variable set in the client; its
     default and ``sqlite:///`` stores need SQLAlchemy and Alembic, which mlflow-skinny does
     not install (rank 0 then raises an ImportError saying so).
 
@@ -176,6 +182,12 @@ class MLflowLogger(Callback):
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
         self.run_name, self.log_model, self.model_format = run_name, log_model, model_format
         self.allow_file_store = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+        if self.tracking_uri is not None and _is_file_store(self.tracking_uri) \
+                and self.allow_file_store is None:
+            # A directory or file:// URI given on purpose: MLflow 3 keeps file stores behind
+            # this switch. Turn it on here too, so the client can read the run back.
+            self.allow_file_store = "true"
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
         self.run_id: Optional[str] = None
         self._resumed_run_id: Optional[str] = None
         self._client: Any = None

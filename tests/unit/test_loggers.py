@@ -149,6 +149,23 @@ def test_mlflow_logs_params_metrics_per_epoch_and_the_model(tmp_path, tracking_u
     assert read_model_dir(downloaded).model_format == "torchscript"
 
 
+@pytest.mark.parametrize("as_uri", [True, False])
+def test_mlflow_a_file_store_named_by_the_user_works_without_the_opt_in(tmp_path, monkeypatch,
+                                                                         as_uri):
+    """MLflow 3 refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true; a tracking_uri that
+    names a directory (or file://) is that choice made explicitly, so the logger opts in."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = tmp_path / "mlruns"
+    logger = MLflowLogger(store.as_uri() if as_uri else str(store), log_model=False)
+    fit_worker(0, 1, data(), settings([logger]))
+    run = MlflowClient(store.as_uri()).get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(MlflowClient(store.as_uri()).get_metric_history(logger.run_id,
+                                                               "train_loss")) == 3
+
+
 def test_mlflow_a_resumed_fit_continues_the_run_and_a_failed_one_is_marked_failed(
         tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
