@@ -111,8 +111,8 @@ def make_env(args):
 
     return create_table_environment("batch", parallelism=args.parallelism, config={
         "python.fn-execution.arrow.batch.size": str(args.batch_size),
-        # several batches per bundle (Flink's default is 100,000 rows): the end of a bundle
-        # is a round trip in which the Python worker idles
+        # several batches per bundle (Flink's default bundle is 1,000 rows): the end of a
+        # bundle is a round trip in which the Python worker idles
         "python.fn-execution.bundle.size": str(args.bundle_size),
     })
 
@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="python.fn-execution.arrow.batch.size")
     parser.add_argument("--bundle-size", type=int, default=100_000,
-                        help="python.fn-execution.bundle.size (Flink's default: 100,000)")
+                        help="python.fn-execution.bundle.size (Flink's default: 1,000)")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--mode", choices=["process", "loopback"], default="process",
                         help="Python worker mode (process: one Python process per subtask)")
