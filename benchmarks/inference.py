@@ -52,24 +52,10 @@ def build_models():
                                                                    heavy.eval())}
 
 
-def raw_limit(model_dir: str, fmt: str, data: np.ndarray, batch: int) -> float:
-    """Rows/s of the saved model run directly on numpy batches in this process (all cores)."""
-    from flink_torch_ml.scoring.runner import ModelRunner
-    from flink_torch_ml.scoring.serialization import read_model_dir
-
-    saved = read_model_dir(model_dir)
-    runner = ModelRunner(fmt, saved.model_bytes, saved.spec.feature_cols,
-                         num_threads=os.cpu_count() or 1)
-    runner.open()
-    columns = [np.ascontiguousarray(data[:, i:i + 1]) for i in range(data.shape[1])]
-    runner.predict([c[:batch] for c in columns])  # warm up
-    start = time.perf_counter()
-    for lo in range(0, len(data), batch):
-        runner.predict([c[lo:lo + batch] for c in columns])
-    return len(data) / (time.perf_counter() - start)
-
-
-def _limit_worker(model_dir, fmt, data, batch, threads, barrier, results):
+def _time_model(model_dir: str, fmt: str, data: np.ndarray, batch: int, threads: int,
+                ready=None):
+    """Load the saved model with ``threads`` threads, warm it up, wait on ``ready`` (a
+    barrier, if given), then run ``data`` through it in batches: (start, end, rows)."""
     from flink_torch_ml.scoring.runner import ModelRunner
     from flink_torch_ml.scoring.serialization import read_model_dir
 
@@ -78,11 +64,22 @@ def _limit_worker(model_dir, fmt, data, batch, threads, barrier, results):
     runner.open()
     columns = [np.ascontiguousarray(data[:, i:i + 1]) for i in range(data.shape[1])]
     runner.predict([c[:batch] for c in columns])  # warm up
-    barrier.wait()
+    if ready is not None:
+        ready.wait()
     start = time.time()
     for lo in range(0, len(data), batch):
         runner.predict([c[lo:lo + batch] for c in columns])
-    results.put((start, time.time(), len(data)))
+    return start, time.time(), len(data)
+
+
+def raw_limit(model_dir: str, fmt: str, data: np.ndarray, batch: int) -> float:
+    """Rows/s of the saved model run directly on numpy batches in this process (all cores)."""
+    start, end, rows = _time_model(model_dir, fmt, data, batch, os.cpu_count() or 1)
+    return rows / (end - start)
+
+
+def _limit_worker(model_dir, fmt, data, batch, threads, barrier, results):
+    results.put(_time_model(model_dir, fmt, data, batch, threads, barrier))
 
 
 def raw_limit_processes(model_dir: str, fmt: str, data: np.ndarray, batch: int,
