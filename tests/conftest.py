@@ -30,18 +30,10 @@ def _planner_ready(request):
 def pytest_terminal_summary(terminalreporter):
     """Name any Flink Python worker still running when the session ends (a leak to chase:
     the library ends its own workers once their run is over)."""
-    import os
+    from tests.processes import describe_process, python_workers
 
-    left = []
-    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:
-            continue
-        if b"beam_boot" in command:
-            text = command.replace(bytes(1), b" ").decode(errors="replace")
-            left.append(f"pid {pid}: {text[:200]}")
+    left = python_workers()
     if left:
         terminalreporter.write_line("Flink Python workers still running at the end of the "
-                                    "session:\n  " + "\n  ".join(left[:10]))
+                                    "session:\n  " + "\n  ".join(describe_process(p)
+                                                                  for p in left[:10]))

@@ -22,6 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def watched_env():
+    """A streaming environment whose jobs serve Flink's REST API on a free port, with short
+    bundles and a 0.5 s metric cache (the REST API's default is 10 s): (env, port)."""
+    port = free_port()
+    return create_table_environment("streaming", parallelism=2, config={
+        "rest.port": port, "rest.bind-port": port, "python.fn-execution.bundle.time": "200",
+        "metrics.fetcher.update-interval": "500"}), port
+
+
 def rest(port: int, path: str):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
         return json.loads(reply.read())
@@ -49,12 +58,7 @@ def test_scoring_metrics_count_every_row_through_the_rest_api(tmp_path, fmt):
     data.mkdir()
     rows = rng.normal(size=(N, 2)).astype(np.float32)
     (data / "part-0.csv").write_text("".join(f"{a},{b}\n" for a, b in rows))
-    port = free_port()
-    env = create_table_environment("streaming", parallelism=2,
-                                   config={"rest.port": port, "rest.bind-port": port,
-                                           "python.fn-execution.bundle.time": "200",
-                                           # the REST API's metric cache (default 10 s)
-                                           "metrics.fetcher.update-interval": "500"})
+    env, port = watched_env()
     env.execute_sql(f"""CREATE TEMPORARY TABLE watched (x1 FLOAT, x2 DOUBLE) WITH (
         'connector' = 'filesystem', 'path' = '{data}', 'format' = 'csv',
         'source.monitor-interval' = '1 s')""")
@@ -98,12 +102,7 @@ def test_training_input_metrics_count_the_rows_sent_to_the_workers_while_they_ar
     from flink_torch_ml import PyTorchEstimator
 
     n = 3000
-    port = free_port()
-    env = create_table_environment("streaming", parallelism=2,
-                                   config={"rest.port": port, "rest.bind-port": port,
-                                           "python.fn-execution.bundle.time": "200",
-                                           # the REST API's metric cache (default 10 s)
-                                           "metrics.fetcher.update-interval": "500"})
+    env, port = watched_env()
     env.execute_sql(f"""CREATE TEMPORARY TABLE slow_rows (x DOUBLE, y DOUBLE) WITH (
         'connector' = 'datagen', 'number-of-rows' = '{n}', 'rows-per-second' = '300',
         'fields.x.min' = '-1', 'fields.x.max' = '1', 'fields.y.min' = '-1',

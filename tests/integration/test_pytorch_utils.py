@@ -21,6 +21,7 @@ from flink_torch_ml import (PyTorchClusterConfig, PyTorchContext, SchemaError, W
                             create_table_environment, pytorch_utils)
 from flink_torch_ml.runtime.driver import active_runs
 from flink_torch_ml._compat import table_columns
+from tests.processes import describe_process, python_workers
 
 
 # ---------------------------------------------------------------- entries (top-level)
@@ -310,30 +311,6 @@ def pid_listening_on(port):
         except OSError:
             continue
     return None
-
-
-def python_workers():
-    """Flink Python worker processes still alive on this machine."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"beam_boot" in f.read():
-                    found.append(int(pid))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def describe_process(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            command = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return f"pid {pid} (state {fields[0]}, parent {fields[1]}): {command}"
-    except OSError:
-        return f"pid {pid} (gone)"
 
 
 def assert_no_worker_left(before, wait: float = 30.0):

@@ -14,6 +14,7 @@ import time
 
 from flink_torch_ml import PyTorchClusterConfig, PyTorchContext, pytorch_utils
 from flink_torch_ml.runtime.driver import active_runs
+from tests.processes import python_workers
 
 
 class Exploit:
@@ -68,18 +69,6 @@ def listening_ports(pids):
             if fields[3] == "0A" and fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-
-
-def python_worker_pids():
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"beam_boot" in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 def attacks(marker):
@@ -141,7 +130,7 @@ def test_strangers_on_every_port_change_nothing(stream_env, tmp_path):
     while runner.is_alive() and time.monotonic() < deadline:
         # every port the run's processes listen on, including ones opened later (gloo's),
         # all at once
-        targets = sorted(ports | listening_ports(python_worker_pids()))
+        targets = sorted(ports | listening_ports(python_workers()))
         strangers = [threading.Thread(target=lambda p=p: [attack(p, d) for d in attacks(marker)])
                      for p in targets]
         for stranger in strangers:

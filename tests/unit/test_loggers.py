@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from flink_torch_ml import Callback, MLflowLogger, TensorBoardLogger
+from flink_torch_ml import MLflowLogger, TensorBoardLogger
 from flink_torch_ml.runtime import loggers
 from flink_torch_ml.runtime.checkpoint import newest_checkpoint
 from flink_torch_ml.runtime.estimator_entry import _save
 from flink_torch_ml.runtime.training import TrainSettings, fit_worker
 from flink_torch_ml.scoring.serialization import read_model_dir
 from tests.models import ScalarRegressor
+from tests.unit.test_training_loop import FailAt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,15 +59,6 @@ def saver(train_settings):
 def numeric(record):
     return {k: v for k, v in record.items()
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-class FailAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch):
-        if epoch == self.epoch:
-            raise RuntimeError("worker lost")
 
 
 def scalars(log_dir):
