@@ -9,25 +9,61 @@ import os as _os
 
 _os.environ.setdefault("_python_worker_execution_mode", "process")
 
-from . import pytorch_utils
-from ._version import __version__
-from .cluster_config import PyTorchClusterConfig
-from .context import PyTorchContext
-from .data_types import DataType
-from .datastream import ModelMapFunction, score_data_stream
-from .environment import create_table_environment
-from .estimator import PyTorchEstimator
-from .errors import (AuthenticationError, CheckpointError, ChecksumMismatchError, FeedError,
-                     FlinkTorchMLError, FrameError, InvalidDataError, ModelExportError,
-                     ModelFormatError, NotFittedError, ProtocolError, RendezvousError,
-                     RendezvousTimeoutError, SchemaError, TaskManagerLostError,
-                     UnsupportedTypeError, WorkerError, WorkerLostError)
-from .model import PyTorchModel, register_model_function
-from .pipeline import Pipeline, PipelineModel
-from .runtime.planner import prepare_planner
-from .runtime.callbacks import Callback, EarlyStopping, LRScheduler, ModelCheckpoint
-from .runtime.loggers import MLflowLogger, TensorBoardLogger
-from .runtime.training import TrainingLoop
+# Names resolve on first use (PEP 562), so importing the package imports none of its modules.
+# Flink starts the Python functions of a job in concurrent threads of one worker process, each
+# unpickling its function (which imports the module defining it); a package __init__ that
+# imported its submodules would hold the package's import lock while waiting for a
+# submodule's, and deadlock with a thread importing that submodule (Python raises
+# _DeadlockError in the worker).
+_EXPORTS = {
+    "__version__": "._version",
+    "pytorch_utils": None,
+    "PyTorchClusterConfig": ".cluster_config",
+    "PyTorchContext": ".context",
+    "DataType": ".data_types",
+    "ModelMapFunction": ".datastream",
+    "score_data_stream": ".datastream",
+    "create_table_environment": ".environment",
+    "PyTorchEstimator": ".estimator",
+    "OnlinePyTorchEstimator": ".online",
+    "PyTorchModel": ".model",
+    "register_model_function": ".model",
+    "Pipeline": ".pipeline",
+    "PipelineModel": ".pipeline",
+    "prepare_planner": ".runtime.planner",
+    "Callback": ".runtime.callbacks",
+    "EarlyStopping": ".runtime.callbacks",
+    "LRScheduler": ".runtime.callbacks",
+    "ModelCheckpoint": ".runtime.callbacks",
+    "MLflowLogger": ".runtime.loggers",
+    "TensorBoardLogger": ".runtime.loggers",
+    "TrainingLoop": ".runtime.training",
+    **{name: ".errors" for name in (
+        "AuthenticationError", "CheckpointError", "ChecksumMismatchError", "FeedError",
+        "FlinkTorchMLError", "FrameError", "InvalidDataError", "ModelExportError",
+        "ModelFormatError", "NotFittedError", "ProtocolError", "RendezvousError",
+        "RendezvousTimeoutError", "SchemaError", "TaskManagerLostError",
+        "UnsupportedTypeError", "WorkerError", "WorkerLostError")},
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'flink_torch_ml' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:  # a public submodule
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "__version__",
@@ -37,6 +73,7 @@ __all__ = [
     "score_data_stream",
     "ModelMapFunction",
     "PyTorchEstimator",
+    "OnlinePyTorchEstimator",
     "TrainingLoop",
     "Callback",
     "EarlyStopping",

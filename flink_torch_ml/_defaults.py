@@ -18,3 +18,9 @@ ORPHANED_WORKER_GRACE = 10.0
 DEPLOYMENT_GRACE = 5.0
 #: how often bounded waits poll the rendezvous store
 POLL_INTERVAL = 0.02
+#: milliseconds between an online-training rank's heartbeat syncs: an idle or slower rank
+#: never keeps the others waiting longer than this
+ONLINE_HEARTBEAT_MS = 1000
+#: milliseconds of Flink's Python bundle time an online fit sets when it is unset (a version
+#: row reaches Flink at the end of its bundle)
+ONLINE_BUNDLE_TIME_MS = 100

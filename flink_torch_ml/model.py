@@ -19,12 +19,13 @@ from .api import Model
 from .data_types import DataType
 from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaError, \
     UnsupportedTypeError
-from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol,
+from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol, IntParam,
                      IntArrayParam, ParamValidators, StringParam)
 from .runtime.planner import planned
 from .scoring.export import FORMATS, export_model, to_torchscript
 from .scoring.runner import ModelRunner
 from .scoring.serialization import SavedModel, read_model_dir, write_model_dir
+from .scoring.online import MODEL_DATA_FIELDS, follow_model_stream
 from .scoring.spec import FeatureSpec, ModelSpec, prediction_type, spec_for_module
 from .scoring.udf import add_prediction_column, predict_udf
 
@@ -46,6 +47,12 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
     :param handle_invalid: ``"error"`` (default) fails on a NULL/NaN feature, naming the column;
         ``"skip"`` drops rows with a NULL feature before scoring.
     :param num_threads: threads per Python worker; 0 means cores / parallelism.
+    :param model_version_col: the version column of an unbounded model-data table (see
+        :meth:`set_model_data`) and of ``transform``'s output when following one.
+    :param max_allowed_model_delay_ms: when following a model stream, a row with event time
+        t is scored only with a version whose time is at least t - this (FlinkML's
+        ``maxAllowedModelDelayMs``); rows wait until such a version arrives. None (default):
+        the newest version received.
     """
 
     FEATURE_WIDTHS = IntArrayParam(
@@ -53,13 +60,21 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
     PREDICTION_TYPE = StringParam(
         "prediction_type", "Type of the prediction column, e.g. FLOAT_32 or FLOAT_32_ARRAY.",
         None, ParamValidators.optional(ParamValidators.in_array(_PREDICTION_TYPES)))
+    MODEL_VERSION_COL = StringParam(
+        "model_version_col", "Version column of an unbounded model-data table and of the "
+        "scored output.", "modelVersion")
+    MAX_ALLOWED_MODEL_DELAY_MS = IntParam(
+        "max_allowed_model_delay_ms", "Largest gap between a row's event time and the time of "
+        "the model version that scores it; None: the newest version.", None,
+        ParamValidators.optional(ParamValidators.gt_eq(0)))
 
     def __init__(self, model: Optional[torch.nn.Module] = None,
                  feature_cols: Union[None, str, Sequence[str]] = None,
                  prediction_col: str = "prediction", *,
                  feature_widths: Optional[Sequence[int]] = None,
                  prediction_type: Optional[str] = None, handle_invalid: str = "error",
-                 num_threads: int = 0, **misspelt: Any):
+                 num_threads: int = 0, model_version_col: str = "modelVersion",
+                 max_allowed_model_delay_ms: Optional[int] = None, **misspelt: Any):
         self._reject_unknown(misspelt)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or TorchScript module), got "
@@ -68,8 +83,11 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
             prediction_type = DataType.from_name(prediction_type).type_name
         self._init_params(feature_cols=feature_cols, prediction_col=prediction_col,
                           feature_widths=feature_widths, prediction_type=prediction_type,
-                          handle_invalid=handle_invalid, num_threads=num_threads)
+                          handle_invalid=handle_invalid, num_threads=num_threads,
+                          model_version_col=model_version_col,
+                          max_allowed_model_delay_ms=max_allowed_model_delay_ms)
         self._module = model
+        self._model_stream: Optional[Table] = None  # an unbounded model-data table to follow
         self._saved: Optional[SavedModel] = None
         self._spec: Optional[ModelSpec] = None
         self._torchscript_cache: Dict[Tuple, bytes] = {}
@@ -152,6 +170,8 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         if len(inputs) != 1:
             raise ValueError(f"PyTorchModel.transform takes exactly one table, got {len(inputs)}")
         table = inputs[0]
+        if self._model_stream is not None:
+            return [self._follow(table)]
         self._resolve_training()
         spec = self._resolve_spec(table)
         runner = self._runner(spec)
@@ -249,6 +269,8 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         if self._t_env is None:
             raise NotFittedError("get_model_data needs the TableEnvironment this model came "
                                  "from (fit it, or load it with PyTorchModel.load(t_env, ...))")
+        if self._model_stream is not None:
+            return [self._model_stream]
         self._resolve_training()
         spec = self._spec or self._resolve_spec(None)
         if self._saved is not None:
@@ -266,9 +288,25 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
                                           schema)]
 
     def set_model_data(self, *inputs: Table) -> "PyTorchModel":
-        """Use the model held by a table from :meth:`get_model_data` (reads its one row)."""
+        """Use the model held by a table from :meth:`get_model_data` (reads its one row).
+
+        A table with the ``model_version_col`` column (e.g. ``OnlinePyTorchEstimator``'s
+        model data, or those rows read back from a filesystem or Kafka table) is a model
+        *stream*: it is not read here; ``transform`` then scores each row with the newest
+        version received and appends the version column."""
         if len(inputs) != 1:
             raise ValueError(f"set_model_data takes one table, got {len(inputs)}")
+        names, _ = table_columns(inputs[0])
+        version_col = self.get(self.MODEL_VERSION_COL)
+        if version_col in names:
+            missing = [c for c in MODEL_DATA_FIELDS if c not in names]
+            if missing:
+                raise SchemaError(f"The model-data table has the version column "
+                                  f"{version_col!r} but lacks {', '.join(missing)}; its "
+                                  f"columns are {', '.join(names)}")
+            self._model_stream = inputs[0]
+            self._t_env = inputs[0]._t_env
+            return self
         with planned(inputs[0]._t_env, inputs[0].execute).collect() as rows:
             rows = list(rows)
         if len(rows) != 1:
@@ -286,6 +324,40 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         self.set(self.FEATURE_COLS, list(names))
         self.set(self.PREDICTION_COL, spec.prediction_col)
         return self
+
+    # ----------------------------------------------------------------- model streams
+    def _follow(self, table: Table) -> Table:
+        version_col = self.get(self.MODEL_VERSION_COL)
+        if version_col in table_columns(table)[0]:
+            raise SchemaError(f"The table already has a column {version_col!r}; set "
+                              f"model_version_col to a new name")
+        spec = self._stream_spec(table)
+        return follow_model_stream(table, self._model_stream, spec, version_col,
+                                   self.get(self.MAX_ALLOWED_MODEL_DELAY_MS),
+                                   self.get(self.HANDLE_INVALID) == "skip",
+                                   self.get(self.NUM_THREADS))
+
+    def _stream_spec(self, table: Table) -> ModelSpec:
+        """The spec for following a model stream: this model's own (from the online fit or
+        a module), else the one the stream's first version records."""
+        cols = self.get(self.FEATURE_COLS)
+        if not cols:
+            raise SchemaError("feature_cols is not set: pass feature_cols=[...] naming the "
+                              "input columns in the order forward() takes them")
+        column_types = _check_columns(table, cols, self.get(self.PREDICTION_COL))
+        if self._spec is None and self._module is not None:
+            self._resolve_spec(table)
+        spec = self._spec
+        if spec is None:
+            spec = _first_version_spec(self._model_stream, self.get(self.MODEL_VERSION_COL))
+        if len(spec.features) != len(cols):
+            raise SchemaError(f"The model takes {len(spec.features)} features; feature_cols "
+                              f"names {len(cols)}")
+        features = tuple(FeatureSpec(name, data_type, f.width, f.input_dtype)
+                         for name, data_type, f in zip(cols, column_types, spec.features))
+        return ModelSpec(features, self.get(self.PREDICTION_COL),
+                         prediction_type(spec.prediction_type, spec.output_width,
+                                         self.get(self.PREDICTION_TYPE)), spec.output_width)
 
     # ----------------------------------------------------------------- spec resolution
     def _resolve_spec(self, table: Optional[Table]) -> ModelSpec:
@@ -384,6 +456,47 @@ def _infer_widths(table: Optional[Table], cols, column_types) -> List[int]:
         raise SchemaError("Cannot infer array lengths from a row with a NULL array; set "
                           "feature_widths")
     return [lengths.get(c, 1) for c in cols]
+
+
+def _first_version_spec(model_data: Table, version_col: str,
+                        timeout: float = 60.0) -> ModelSpec:
+    """The spec recorded by the first row of a model-data table, waiting at most ``timeout``
+    seconds for one (the table may be unbounded and still empty)."""
+    import threading
+
+    t_env = model_data._t_env
+    first = model_data.select(col("spec")).limit(1)
+    box: Dict[str, Any] = {}
+
+    def read():
+        try:
+            result = planned(t_env, first.execute)
+            box["result"] = result
+            with result.collect() as rows:
+                for row in rows:
+                    box["spec"] = row[0]
+                    break
+        except Exception as error:  # reported below
+            box["error"] = error
+
+    reader = threading.Thread(target=read, daemon=True, name="ftm-first-version")
+    reader.start()
+    reader.join(timeout)
+    if "spec" not in box:
+        if "result" in box:
+            try:
+                box["result"].get_job_client().cancel()
+            except Exception:
+                pass
+        why = f": {box['error']}" if "error" in box else f" within {timeout:.0f} s"
+        raise SchemaError(f"This model does not know its features' widths and output type, "
+                          f"and no version arrived in the model-data table{why}; build the "
+                          f"model from the estimator or a saved model (PyTorchModel.load) "
+                          f"and then set_model_data")
+    try:
+        return ModelSpec.from_json(json.loads(box["spec"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFormatError(f"The first model version's spec is corrupt: {error}") from None
 
 
 def register_model_function(t_env, name: str, path: str) -> PyTorchModel:

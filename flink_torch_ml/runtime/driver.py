@@ -29,7 +29,7 @@ from .protocol import RunStore, wait_until
 from .rendezvous import RendezvousServer
 from .wire import DEFAULT_MAX_FRAME_BYTES, Security, new_secret
 
-__all__ = ["DistributedRun", "active_runs"]
+__all__ = ["DistributedRun", "active_runs", "shipped_by_value"]
 
 _active: "weakref.WeakSet[DistributedRun]" = weakref.WeakSet()
 
@@ -85,7 +85,7 @@ class DistributedRun:
         _active.add(self)
 
     def _build(self) -> None:
-        with _shipped_by_value(*self._ship_by_value):
+        with shipped_by_value(*self._ship_by_value):
             self.results = node_results_table(self._t_env, self._table, self.spec, self._keys)
 
     def retry(self) -> None:
@@ -353,7 +353,7 @@ class _DeploymentWatch:
 
 
 @contextlib.contextmanager
-def _shipped_by_value(*objects):
+def shipped_by_value(*objects):
     """Pickle the user's own modules by value while the job is built, so entry functions and
     model classes defined there (not only in ``__main__``) reach the workers without being
     installed there. Installed packages are still pickled by reference."""

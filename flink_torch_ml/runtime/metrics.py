@@ -16,8 +16,14 @@ METRIC_GROUP = "flink_torch_ml"
 def metric_group(function_context: Any) -> Optional[Any]:
     """The subtask's ``flink_torch_ml`` metric group, or None where Flink's
     ``python.metric.enabled`` is false (or there is no function context)."""
+    if function_context is None:
+        return None
+    # a Table API FunctionContext says get_metric_group, a DataStream RuntimeContext
+    # get_metrics_group
+    getter = getattr(function_context, "get_metric_group", None) or \
+        getattr(function_context, "get_metrics_group", None)
     try:
-        group = function_context.get_metric_group() if function_context is not None else None
+        group = getter() if getter is not None else None
     except RuntimeError:
         return None
     return group.add_group(METRIC_GROUP) if group is not None else None

@@ -1,0 +1,249 @@
+"""OnlinePyTorchEstimator: FlinkML's online-learning contract for PyTorch models. ``fit`` on
+an unbounded table defines a long-running job in which ``worker_num`` ranks update the model
+every ``global_batch_size`` rows; the returned model's ``get_model_data()`` is the unbounded
+table of versions, and its ``transform`` scores each row with the newest version.
+"""
+
+import copy
+import socket
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from pyflink.table import Table
+
+from ._compat import table_columns
+from ._defaults import ONLINE_BUNDLE_TIME_MS, ONLINE_HEARTBEAT_MS
+from .api import Estimator
+from .data_types import DataType
+from .errors import SchemaError, UnsupportedTypeError
+from .model import PyTorchModel
+from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
+                     HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
+                     StringParam)
+from .runtime import options
+from .runtime.driver import _security
+from .runtime.job import check_environment, is_local
+from .runtime.online_job import model_data_table
+from .runtime.online_trainer import OnlineSpec
+from .runtime.rendezvous import RendezvousServer
+from .scoring.spec import spec_for_module
+
+__all__ = ["OnlinePyTorchEstimator"]
+
+_FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataType.INT_64,
+                  DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
+
+#: the stores of online runs: they must outlive ``fit`` (the job runs later, for as long as
+#: it runs, and rendezvouses again after each restart), so they live as long as this process
+_stores: Dict[str, RendezvousServer] = {}
+
+
+class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
+                             HasWorkerNum, HasSeed, HasTimeout):
+    """Trains ``model`` continuously on an unbounded table (FlinkML's ``OnlineX`` estimators,
+    for deep learning): every ``global_batch_size`` rows (split across ``worker_num`` ranks)
+    make one optimizer step and one new model version.
+
+    ``fit(table)`` returns a PyTorchModel whose ``get_model_data()`` is the unbounded table
+    ``(modelVersion BIGINT, versionTime BIGINT (ms), format STRING, model BYTES, spec STRING,
+    rowsTrained BIGINT, loss DOUBLE)`` and whose ``transform`` scores each row with the
+    newest version. Nothing runs until a pipeline using them executes."""
+
+    MODEL = ObjectParam("model", "The torch.nn.Module to train.")
+    LOSS = ObjectParam("loss", "loss(prediction, label) -> scalar tensor, e.g. nn.MSELoss().")
+    OPTIMIZER_CREATOR = ObjectParam("optimizer_creator",
+                                    "Callable[[nn.Module], torch.optim.Optimizer].")
+    GLOBAL_BATCH_SIZE = IntParam(
+        "global_batch_size", "Rows per model update, across all workers.", None,
+        ParamValidators.optional(ParamValidators.gt(0)))
+    MODEL_VERSION_COL = StringParam("model_version_col", "The model data's version column.",
+                                    "modelVersion")
+    INITIAL_MODEL = ObjectParam(
+        "initial_model", "A PyTorchModel or the path of a saved one: its weights start the "
+        "training (published as version 0).")
+    FEATURE_WIDTHS = IntArrayParam(
+        "feature_widths", "Array length of each feature column (1 for scalars); needed for "
+        "array features.", None)
+
+    def __init__(self, model: Optional[torch.nn.Module] = None,
+                 loss: Optional[Callable] = None, optimizer_creator: Optional[Callable] = None,
+                 *, feature_cols: Union[None, str, Sequence[str]] = None,
+                 label_col: Optional[str] = None, prediction_col: str = "prediction",
+                 global_batch_size: Optional[int] = None,
+                 model_version_col: str = "modelVersion",
+                 initial_model: Union[None, PyTorchModel, str] = None, worker_num: int = 1,
+                 feature_widths: Optional[Sequence[int]] = None, seed: int = 0,
+                 timeout: float = HasTimeout.TIMEOUT.default_value, **misspelt: Any):
+        self._reject_unknown(misspelt)
+        self._init_params(model=model, loss=loss, optimizer_creator=optimizer_creator,
+                          feature_cols=feature_cols, label_col=label_col,
+                          prediction_col=prediction_col, global_batch_size=global_batch_size,
+                          model_version_col=model_version_col, initial_model=initial_model,
+                          worker_num=worker_num, feature_widths=feature_widths, seed=seed,
+                          timeout=timeout)
+
+    def get_global_batch_size(self) -> Optional[int]:
+        return self.get(self.GLOBAL_BATCH_SIZE)
+
+    def set_global_batch_size(self, value: int) -> "OnlinePyTorchEstimator":
+        return self.set(self.GLOBAL_BATCH_SIZE, value)
+
+    def get_model_version_col(self) -> str:
+        return self.get(self.MODEL_VERSION_COL)
+
+    def set_model_version_col(self, value: str) -> "OnlinePyTorchEstimator":
+        return self.set(self.MODEL_VERSION_COL, value)
+
+    def get_initial_model(self) -> Union[None, PyTorchModel, str]:
+        return self.get(self.INITIAL_MODEL)
+
+    def set_initial_model(self, value: Union[PyTorchModel, str]) -> "OnlinePyTorchEstimator":
+        return self.set(self.INITIAL_MODEL, value)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, *inputs: Table) -> PyTorchModel:
+        """Define the online training job on ``inputs[0]`` (unbounded or bounded: a bounded
+        table trains to its end and publishes a last version over the remaining rows)."""
+        if len(inputs) != 1:
+            raise ValueError(f"fit takes exactly one table, got {len(inputs)}")
+        table = inputs[0]
+        if not isinstance(table, Table):
+            raise TypeError(f"fit takes a pyflink Table, got {type(table).__name__}")
+        model, loss, creator = self._check_settings()
+        t_env = table._t_env
+        world = self.get_worker_num()
+        check_environment(t_env, world)
+        config = t_env.get_config()
+        if config.get("python.fn-execution.bundle.time", None) is None:
+            # a version row leaves the trainer when its bundle ends: Flink's default (1 s)
+            # would add up to a second to every version's lag
+            config.set("python.fn-execution.bundle.time", str(ONLINE_BUNDLE_TIME_MS))
+        feature_cols, label_col = list(self.get_feature_cols()), self.get_label_col()
+        feature_types, label_type = self._column_types(table, feature_cols, label_col)
+        model = copy.deepcopy(model)
+        initial = self.get(self.INITIAL_MODEL)
+        if initial is not None:
+            _warm_start(model, initial, t_env)
+        widths = self._widths(feature_types)
+        spec = spec_for_module(model, feature_cols, feature_types, widths,
+                               self.get_prediction_col())
+        spec_json = dict(spec.to_json(), input_names=spec.feature_cols)
+        server = _start_store(t_env, self.get_timeout())
+        online = OnlineSpec(
+            model=model, loss=loss, optimizer_creator=creator, feature_cols=feature_cols,
+            feature_types=[t.type_name for t in feature_types], label_col=label_col,
+            label_type=label_type.type_name, global_batch_size=self.get_global_batch_size(),
+            world_size=world, rendezvous=server.info(), timeout=self.get_timeout(),
+            heartbeat_ms=ONLINE_HEARTBEAT_MS, model_spec=spec_json,
+            emit_initial=initial is not None, seed=self.get_seed())
+        versions = model_data_table(t_env, table, online, self.get_model_version_col())
+        result = PyTorchModel(copy.deepcopy(model), feature_cols, self.get_prediction_col(),
+                              feature_widths=widths,
+                              model_version_col=self.get_model_version_col())
+        result._spec = spec
+        result._t_env = t_env
+        result._model_stream = versions
+        result._online_store = server  # keeps the store up while the model is referenced
+        return result
+
+    def _check_settings(self):
+        model, loss, creator = (self.get(self.MODEL), self.get(self.LOSS),
+                                self.get(self.OPTIMIZER_CREATOR))
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss):
+            raise TypeError("loss must be callable: loss(prediction, label) -> tensor")
+        if not callable(creator):
+            raise TypeError("optimizer_creator must be callable: creator(module) -> Optimizer")
+        if not self.get_feature_cols():
+            raise SchemaError("feature_cols is not set: name the input columns in the order "
+                              "forward() takes them")
+        if not self.get_label_col():
+            raise SchemaError("label_col is not set: name the column holding the label")
+        batch = self.get_global_batch_size()
+        if batch is None:
+            raise ValueError("global_batch_size is required: the rows of one model update, "
+                             "across all workers (FlinkML's globalBatchSize)")
+        if batch < self.get_worker_num():
+            raise ValueError(f"global_batch_size={batch} is smaller than worker_num="
+                             f"{self.get_worker_num()}: every worker needs at least one row "
+                             f"of each update; raise global_batch_size or lower worker_num")
+        return model, loss, creator
+
+    def _column_types(self, table: Table, feature_cols: List[str], label_col: str):
+        names, flink_types = table_columns(table)
+        types = dict(zip(names, flink_types))
+        missing = [c for c in [*feature_cols, label_col] if c not in types]
+        if missing:
+            raise SchemaError(f"Column(s) {', '.join(map(repr, missing))} not found in the "
+                              f"table; its columns are: {', '.join(names)}")
+        feature_types = []
+        for c in feature_cols:
+            data_type = DataType.from_flink(types[c], c)
+            if data_type not in _FEATURE_TYPES:
+                raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
+                                           f"features must be FLOAT, DOUBLE, INT, BIGINT, "
+                                           f"ARRAY<FLOAT> or ARRAY<DOUBLE>")
+            feature_types.append(data_type)
+        label_type = DataType.from_flink(types[label_col], label_col)
+        if not label_type.is_numeric:
+            raise UnsupportedTypeError(f"Label column {label_col!r} is "
+                                       f"{label_type.type_name}; labels must be numeric")
+        version_col = self.get_model_version_col()
+        if version_col in types:
+            raise SchemaError(f"The table already has a column {version_col!r}; set "
+                              f"model_version_col to a new name")
+        return feature_types, label_type
+
+    def _widths(self, feature_types: List[DataType]) -> List[int]:
+        widths = self.get(self.FEATURE_WIDTHS)
+        if widths is None:
+            arrays = [c for c, t in zip(self.get_feature_cols(), feature_types) if t.is_array]
+            if arrays:
+                raise SchemaError(f"Array feature column(s) {', '.join(arrays)}: set "
+                                  f"feature_widths=[...] (their lengths; 1 for scalars)")
+            return [1] * len(feature_types)
+        if len(widths) != len(feature_types):
+            raise SchemaError(f"feature_widths has {len(widths)} entries but feature_cols has "
+                              f"{len(feature_types)}")
+        return list(widths)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str) -> None:
+        raise NotImplementedError(
+            "OnlinePyTorchEstimator holds Python objects (model, loss, optimizer creator) that "
+            "are not saved as data; save the fitted model's versions instead (write "
+            "get_model_data() to a table, or save a PyTorchModel)")
+
+    @classmethod
+    def load(cls, t_env, path: str) -> "OnlinePyTorchEstimator":
+        raise NotImplementedError("OnlinePyTorchEstimator cannot be loaded; see save()")
+
+
+def _warm_start(model: torch.nn.Module, initial: Union[PyTorchModel, str], t_env) -> None:
+    """Copy the initial model's weights into ``model`` (same parameter names and shapes)."""
+    if isinstance(initial, str):
+        initial = PyTorchModel.load(t_env, initial)
+    if not isinstance(initial, PyTorchModel):
+        raise TypeError(f"initial_model must be a PyTorchModel or the path of a saved one, "
+                        f"got {type(initial).__name__}")
+    source = initial.model
+    if source is None:
+        raise ValueError("initial_model holds an ONNX model, whose weights cannot start "
+                         "PyTorch training; save the initial model as TorchScript")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"initial_model's weights do not fit the model to train: "
+                         f"{error}") from None
+
+
+def _start_store(t_env, timeout: float) -> RendezvousServer:
+    conf = t_env.get_config()
+    local = is_local(t_env)
+    host = options.lookup(options.RENDEZVOUS_HOST, conf) or \
+        ("127.0.0.1" if local else socket.gethostbyname(socket.getfqdn()))
+    bind = options.lookup(options.RENDEZVOUS_BIND, conf) or (host if local else "0.0.0.0")
+    server = RendezvousServer(host, _security(conf), bind, timeout)
+    _stores[server.run_id] = server
+    return server

@@ -1,0 +1,93 @@
+"""The Flink job of online training, defined in the client: the input table's rows go
+round-robin to ``worker_num`` subtasks of ``OnlineTrainer`` (one rank each, keyed by shard
+keys that Flink places one per subtask), plus one pad row per rank that starts every rank at
+once; the trainers' version rows become the model-data table.
+"""
+
+import sys
+from typing import List
+
+from pyflink.common import Types
+from pyflink.datastream.functions import KeySelector
+from pyflink.table import DataTypes, Table
+from pyflink.table.expressions import col, lit
+
+from .._compat import table_columns
+from .._defaults import MAX_PARALLELISM
+from .online_trainer import VERSION_FIELDS, OnlineSpec, OnlineTrainer
+from .driver import shipped_by_value
+from .planner import planned
+
+__all__ = ["RANK_MARKER", "online_shard_keys", "version_row_type", "model_data_table",
+           "ShardSelector"]
+
+RANK_MARKER = "__ftm_rank"
+
+
+def online_shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[int]:
+    """Keys k_0..k_{W-1} such that a DataStream keyed by an INT key (PyFlink wraps it in a
+    one-field Row) equal to k_r goes to subtask r, placed by Flink's own assignment."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    assignment = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
+    found, value = {}, 0
+    while len(found) < world_size:
+        row = jvm.org.apache.flink.types.Row.withPositions(1)
+        row.setField(0, jvm.java.lang.Integer(value))
+        found.setdefault(assignment.assignKeyToParallelOperator(row, max_parallelism,
+                                                                world_size), value)
+        value += 1
+        if value > 1_000_000:
+            raise RuntimeError(f"No shard keys found for world size {world_size}")
+    return [found[r] for r in range(world_size)]
+
+
+class ShardSelector(KeySelector):
+    """Input rows go to the ranks in turn (so every rank's buffer fills at the same pace);
+    a pad row goes to the rank it names."""
+
+    def __init__(self, keys: List[int]):
+        self._keys = list(keys)
+        self._next = 0
+
+    def get_key(self, value) -> int:
+        marker = value[0]
+        if marker is not None and marker >= 0:
+            return self._keys[marker]
+        self._next = (self._next + 1) % len(self._keys)
+        return self._keys[self._next]
+
+
+def version_row_type(version_col: str):
+    """The DataStream type of model-data rows."""
+    return Types.ROW_NAMED([version_col, *VERSION_FIELDS],
+                           [Types.LONG(), Types.LONG(), Types.STRING(),
+                            Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.LONG(),
+                            Types.DOUBLE()])
+
+
+def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) -> Table:
+    """The unbounded table of model versions the online job produces (lazily: the job runs
+    when a pipeline consuming it executes)."""
+    config = t_env.get_config()
+    if config.get("python.executable", None) is None:
+        config.set("python.executable", sys.executable)
+    names = [*spec.feature_cols, spec.label_col]
+    columns = dict(zip(*table_columns(table)))
+    types = [columns[n].nullable() for n in names]
+    selected = table.select(lit(-1).cast(DataTypes.INT()).alias(RANK_MARKER),
+                            *[col(n).cast(t).alias(n) for n, t in zip(names, types)])
+    pad_schema = DataTypes.ROW([DataTypes.FIELD(RANK_MARKER, DataTypes.INT()),
+                                *[DataTypes.FIELD(n, t) for n, t in zip(names, types)]])
+    pads = t_env.from_elements([(r, *[None] * len(names)) for r in range(spec.world_size)],
+                               pad_schema)
+    stream = planned(t_env, lambda: t_env.to_data_stream(selected.union_all(pads)))
+    keys = online_shard_keys(spec.world_size)
+    with shipped_by_value(spec.model, spec.loss, spec.optimizer_creator):
+        versions = (stream.key_by(ShardSelector(keys), key_type=Types.INT())
+                    .process(OnlineTrainer(spec), output_type=version_row_type(version_col))
+                    .name("flink-torch-ml online trainer")
+                    .set_parallelism(spec.world_size)
+                    .set_max_parallelism(MAX_PARALLELISM))
+    return t_env.from_data_stream(versions)
