@@ -86,10 +86,16 @@ class FollowModelStream(BroadcastProcessFunction):
             group.gauge("rowsScored", lambda: self._scored)
 
     def close(self) -> None:
+        """Rows still waiting when the job ends are lost. Flink ignores an error raised here
+        (measured: the job still succeeds), so the loss is logged as an error, and the
+        ``rowsWaitingForModel`` gauge shows it while the job runs."""
         if self._waiting:
-            log.warning("flink-torch-ml: %d rows were still waiting for a model version when "
-                        "the scoring function closed (the model stream ended before a version "
-                        "recent enough for them)", len(self._waiting))
+            waiting, self._waiting = len(self._waiting), []
+            newest = f"the newest was version {self._version}" if self._version >= 0 else \
+                "none arrived"
+            log.error("flink-torch-ml: %d rows were never scored: the job ended before a model "
+                      "version %sarrived (%s); check that the model-data table holds versions",
+                      waiting, "recent enough for them " if self._version >= 0 else "", newest)
 
     # ------------------------------------------------------------------ inputs
     def process_element(self, value, ctx):
