@@ -33,6 +33,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from ..data_types import DataType
 from ..errors import InvalidDataError, WorkerError
 from .failures import lost_peer
+from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
 from .protocol import RunStore
 from .rendezvous import RendezvousInfo, connect
@@ -109,6 +110,8 @@ class OnlineLearner:
         self.share = spec.global_batch_size // self.world + \
             (1 if rank < spec.global_batch_size % self.world else 0)
         self.finished = False
+        self.rows_trained = 0  # this rank's rows used in updates
+        self.last_loss = float("nan")
 
     # ------------------------------------------------------------------ rows
     def add(self, features: tuple, label: Any, timestamp: Optional[int]) -> bool:
@@ -205,7 +208,7 @@ class OnlineLearner:
                            for p in params])
         dist.reduce(grads, 0)
         stats = torch.tensor([loss_sum], dtype=torch.float64)
-        dist.reduce(stats, 0)
+        dist.all_reduce(stats)
         stamp = torch.tensor([newest], dtype=torch.int64)
         dist.all_reduce(stamp, op=dist.ReduceOp.MAX)
         if self.rank == 0:
@@ -219,6 +222,8 @@ class OnlineLearner:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
         self.version += 1
+        self.rows_trained += len(rows)
+        self.last_loss = float(stats.item()) / total
         if self.rank != 0:
             return None
         time_ms = int(stamp.item()) if int(stamp.item()) >= 0 else int(time.time() * 1000)
@@ -270,8 +275,21 @@ class OnlineTrainer(KeyedProcessFunction):
             ValueStateDescriptor("ftm_weights", bytes_type))
         self._optimizer_state = runtime_context.get_state(
             ValueStateDescriptor("ftm_optimizer", bytes_type))
+        self._heartbeat_state = runtime_context.get_state(
+            ValueStateDescriptor("ftm_heartbeat", Types.LONG()))
         self._learner = OnlineLearner(spec, self._rank)
         self._started = False
+        self._rows_metric = self._rate_metric = None
+        group = metric_group(runtime_context)
+        if group is not None:  # live: a version leaves at each (100 ms) bundle's end
+            learner = self._learner
+            self._rows_metric = group.counter("rowsTrained")
+            self._rate_metric = group.meter("rowsTrainedPerSecond", time_span_in_seconds=60)
+            group.gauge("modelVersion", lambda: learner.version)
+            group.gauge("rowsBuffered", lambda: len(learner.buffer))
+            # Flink's Python gauges carry integers: the loss times 10^6
+            group.gauge("lastUpdateLossX1e6", lambda: 0 if learner.last_loss !=
+                        learner.last_loss else int(round(learner.last_loss * 1e6)))
         self._run = RunStore(connect(spec.rendezvous), 1000 + self._attempt,
                              spec.world_size, spec.timeout)
         import datetime
@@ -313,12 +331,10 @@ class OnlineTrainer(KeyedProcessFunction):
                 while not self._learner.finished:
                     yield from self._sync(True)
                 return
-            if self._learner.finished:
-                return
+            if self._learner.finished or timestamp != self._heartbeat_state.value():
+                return  # done, or a heartbeat chain superseded by a newer one
             yield from self._sync(False)
-            service = ctx.timer_service()
-            service.register_processing_time_timer(
-                service.current_processing_time() + self._spec.heartbeat_ms)
+            self._arm_heartbeat(ctx)
         except Exception as error:
             raise self._failure(error) from error
 
@@ -335,17 +351,28 @@ class OnlineTrainer(KeyedProcessFunction):
                         bytes(self._weights_state.value()),
                         bytes(self._optimizer_state.value()))
         self._learner.start(restored)
-        service = ctx.timer_service()
-        service.register_processing_time_timer(
-            service.current_processing_time() + self._spec.heartbeat_ms)
-        service.register_event_time_timer(END_OF_INPUT)
+        if self._heartbeat_state.value() is None:  # else the checkpointed timer still runs
+            self._arm_heartbeat(ctx)
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT)
         if self._rank == 0 and restored is None and self._spec.emit_initial:
             yield self._version_row(0, 0, float("nan"), int(time.time() * 1000))
 
+    def _arm_heartbeat(self, ctx) -> None:
+        """One heartbeat timer per rank: its time is kept in state, so after a restart the
+        restored timer goes on and no second chain starts."""
+        service = ctx.timer_service()
+        at = service.current_processing_time() + self._spec.heartbeat_ms
+        self._heartbeat_state.update(at)
+        service.register_processing_time_timer(at)
+
     def _sync(self, done: bool):
+        before = self._learner.rows_trained
         for update in self._learner.sync(done):
             yield self._version_row(self._learner.version, update.rows, update.loss,
                                     update.time_ms)
+        if self._rows_metric is not None and self._learner.rows_trained > before:
+            self._rows_metric.inc(self._learner.rows_trained - before)
+            self._rate_metric.mark_event(self._learner.rows_trained - before)
 
     def _version_row(self, version: int, rows: int, loss: float, time_ms: int):
         learner = self._learner

@@ -235,3 +235,50 @@ def test_without_checkpointing_a_killed_worker_fails_the_job_in_bounded_time(tmp
     # here is that the job fails at once instead of waiting for the rank that died
     assert time.monotonic() - started < 120
     assert failure.value is not None
+
+
+def test_the_trainers_flink_metrics_move_while_the_job_runs():
+    """Unlike a batch fit (one long call), online training reports live: the trainer's
+    modelVersion, rowsTrained and loss gauges rise/fall in the REST API while it runs."""
+    from tests.integration.test_observability import rest, watched_env
+
+    env, port = watched_env()
+    env.execute_sql(
+        "CREATE TEMPORARY TABLE watched (x1 DOUBLE, x2 DOUBLE) WITH ('connector' = 'datagen', "
+        "'rows-per-second' = '1000', 'fields.x1.min' = '-1', 'fields.x1.max' = '1', "
+        "'fields.x2.min' = '-1', 'fields.x2.max' = '1')")
+    env.execute_sql("CREATE TEMPORARY TABLE versions_sink (v BIGINT, loss DOUBLE) "
+                    "WITH ('connector' = 'blackhole')")
+    table = env.sql_query("SELECT x1, x2, 2 * x1 - x2 + 0.5 AS y FROM watched")
+    data = estimator().fit(table).get_model_data()[0]
+    job = data.select(data.modelVersion, data.loss).execute_insert("versions_sink")
+    job_id = str(job.get_job_client().get_job_id())
+    seen, deadline = [], time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and len(seen) < 6:
+            try:
+                for vertex in rest(port, f"/jobs/{job_id}")["vertices"]:
+                    base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+                    ids = [m["id"] for m in rest(port, base) if ".flink_torch_ml." in m["id"]]
+                    wanted = [i for i in ids if i.rsplit(".", 1)[1] in (
+                        "modelVersion", "rowsTrained", "lastUpdateLossX1e6")]
+                    if len(wanted) == 3:
+                        got = {m["id"].rsplit(".", 1)[1]: m for m in rest(
+                            port, f"{base}?get={','.join(wanted)}&agg=sum,max")}
+                        if got["modelVersion"]["max"] > 0:
+                            seen.append((got["modelVersion"]["max"],
+                                         got["rowsTrained"]["sum"],
+                                         got["lastUpdateLossX1e6"]["max"]))
+            except (OSError, KeyError):
+                pass  # the REST endpoint or the job is starting
+            time.sleep(1.0)
+    finally:
+        job.get_job_client().cancel().result()
+    assert len(seen) >= 3, seen
+    versions, rows_trained, losses = zip(*seen)
+    assert list(versions) == sorted(versions) and versions[-1] > versions[0], seen
+    assert list(rows_trained) == sorted(rows_trained) and rows_trained[-1] > 0, seen
+    # the ranks' rows add up to the versions' (each version is 100 rows), give or take the
+    # moment each subtask's metrics were read
+    assert all(abs(rows - 100 * version) <= 300 for version, rows, _ in seen), seen
+    assert losses[-1] < losses[0], seen
