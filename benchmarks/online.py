@@ -107,13 +107,14 @@ def flink_floor(rows: int, batch: int) -> float:
     """Rows/s of the online job's shape with a process function that only counts."""
     from pyflink.common import Types
 
-    from flink_torch_ml.runtime.online_job import ShardSelector, online_shard_keys
+    from flink_torch_ml.runtime.job import stream_shard_keys
+    from flink_torch_ml.runtime.online_job import ShardSelector
 
     t_env = create_table_environment("streaming", parallelism=2)
     source(t_env, "floor_rows", f"'number-of-rows' = '{rows}',")
     table = t_env.sql_query(f"SELECT -1 AS r, a, b, c, d, {LABEL} FROM floor_rows")
     stream = t_env.to_data_stream(table)
-    counted = stream.key_by(ShardSelector(online_shard_keys(2)), key_type=Types.INT()) \
+    counted = stream.key_by(ShardSelector(stream_shard_keys(2)), key_type=Types.INT()) \
         .process(_CountRows(batch // 2).function(),
                  output_type=Types.ROW([Types.LONG(), Types.LONG()])).set_parallelism(2)
     with counted.execute_and_collect() as result:

@@ -42,6 +42,35 @@ _FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataTyp
                   DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
 
 
+def training_column_types(table: Table, features: Sequence[str], label: str,
+                          extra: Sequence[str] = ()):
+    """Check a training table: the feature, label and ``extra`` columns exist, the label is
+    not a feature, features and label have trainable types. Returns ({column: Flink type},
+    the features' DataTypes, the label's DataType)."""
+    names, flink_types = table_columns(table)
+    types = dict(zip(names, flink_types))
+    missing = [c for c in [*features, label, *extra] if c not in types]
+    if missing:
+        raise SchemaError(f"Column(s) {', '.join(map(repr, missing))} not found in the "
+                          f"table; its columns are: {', '.join(names)}")
+    if label in features:
+        raise SchemaError(f"label_col {label!r} is also a feature column")
+    feature_types = []
+    for c in features:
+        data_type = DataType.from_flink(types[c], c)
+        if data_type not in _FEATURE_TYPES:
+            raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
+                                       f"features must be FLOAT, DOUBLE, INT, BIGINT, "
+                                       f"ARRAY<FLOAT> or ARRAY<DOUBLE>")
+        feature_types.append(data_type)
+    label_type = DataType.from_flink(types[label], label)
+    if label_type not in _FEATURE_TYPES:
+        raise UnsupportedTypeError(f"Label column {label!r} is {label_type.type_name}; a "
+                                   f"label must be a float or integer scalar or a float "
+                                   f"array")
+    return types, feature_types, label_type
+
+
 def _is_validation(value) -> bool:
     if value is None or isinstance(value, str):
         return True
@@ -305,29 +334,11 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
             problems.append("label_col is not set")
         if problems:
             raise ValueError("PyTorchEstimator is not configured: " + "; ".join(problems))
-        names, flink_types = table_columns(table)
-        types = dict(zip(names, flink_types))
         validation = self.get(self.VALIDATION)
-        wanted = list(features) + [label] + ([validation] if isinstance(validation, str) else [])
-        missing = [c for c in wanted if c not in types]
-        if missing:
-            raise SchemaError(f"Column(s) {', '.join(map(repr, missing))} not found in the "
-                              f"table; its columns are: {', '.join(names)}")
-        if label in features:
-            raise SchemaError(f"label_col {label!r} is also a feature column")
-        feature_types = []
-        for c in features:
-            data_type = DataType.from_flink(types[c], c)
-            if data_type not in _FEATURE_TYPES:
-                raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
-                                           f"features must be FLOAT, DOUBLE, INT, BIGINT, "
-                                           f"ARRAY<FLOAT> or ARRAY<DOUBLE>")
-            feature_types.append(data_type.type_name)
-        label_type = DataType.from_flink(types[label], label)
-        if label_type not in _FEATURE_TYPES:
-            raise UnsupportedTypeError(f"Label column {label!r} is {label_type.type_name}; a "
-                                       f"label must be a float or integer scalar or a float "
-                                       f"array")
+        extra = [validation] if isinstance(validation, str) else []
+        types, data_types, label_type = training_column_types(table, features, label, extra)
+        wanted = list(features) + [label] + extra
+        feature_types = [t.type_name for t in data_types]
         if isinstance(validation, str):
             from pyflink.table.types import BooleanType
             if not isinstance(types[validation], BooleanType):

@@ -5,33 +5,28 @@ table of versions, and its ``transform`` scores each row with the newest version
 """
 
 import copy
-import socket
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from pyflink.table import Table
 
-from ._compat import table_columns
 from ._defaults import ONLINE_BUNDLE_TIME_MS, ONLINE_HEARTBEAT_MS
 from .api import Estimator
 from .data_types import DataType
-from .errors import SchemaError, UnsupportedTypeError
+from .errors import SchemaError
+from .estimator import PyTorchEstimator, training_column_types
 from .model import PyTorchModel
 from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
                      HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
                      StringParam)
-from .runtime import options
-from .runtime.driver import _security
-from .runtime.job import check_environment, is_local
+from .runtime.driver import host_rendezvous
+from .runtime.job import check_environment
 from .runtime.online_job import model_data_table
 from .runtime.online_trainer import OnlineSpec
 from .runtime.rendezvous import RendezvousServer
 from .scoring.spec import spec_for_module
 
 __all__ = ["OnlinePyTorchEstimator"]
-
-_FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataType.INT_64,
-                  DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
 
 #: the stores of online runs: they must outlive ``fit`` (the job runs later, for as long as
 #: it runs, and rendezvouses again after each restart), so they live as long as this process
@@ -49,10 +44,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     rowsTrained BIGINT, loss DOUBLE)`` and whose ``transform`` scores each row with the
     newest version. Nothing runs until a pipeline using them executes."""
 
-    MODEL = ObjectParam("model", "The torch.nn.Module to train.")
-    LOSS = ObjectParam("loss", "loss(prediction, label) -> scalar tensor, e.g. nn.MSELoss().")
-    OPTIMIZER_CREATOR = ObjectParam("optimizer_creator",
-                                    "Callable[[nn.Module], torch.optim.Optimizer].")
+    MODEL = PyTorchEstimator.MODEL
+    LOSS = PyTorchEstimator.LOSS
+    OPTIMIZER_CREATOR = PyTorchEstimator.OPTIMIZER_CREATOR
     GLOBAL_BATCH_SIZE = IntParam(
         "global_batch_size", "Rows per model update, across all workers.", None,
         ParamValidators.optional(ParamValidators.gt(0)))
@@ -128,7 +122,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         spec = spec_for_module(model, feature_cols, feature_types, widths,
                                self.get_prediction_col())
         spec_json = dict(spec.to_json(), input_names=spec.feature_cols)
-        server = _start_store(t_env, self.get_timeout())
+        server = host_rendezvous(t_env, self.get_timeout())
+        _stores[server.run_id] = server
         online = OnlineSpec(
             model=model, loss=loss, optimizer_creator=creator, feature_cols=feature_cols,
             feature_types=[t.type_name for t in feature_types], label_col=label_col,
@@ -171,24 +166,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         return model, loss, creator
 
     def _column_types(self, table: Table, feature_cols: List[str], label_col: str):
-        names, flink_types = table_columns(table)
-        types = dict(zip(names, flink_types))
-        missing = [c for c in [*feature_cols, label_col] if c not in types]
-        if missing:
-            raise SchemaError(f"Column(s) {', '.join(map(repr, missing))} not found in the "
-                              f"table; its columns are: {', '.join(names)}")
-        feature_types = []
-        for c in feature_cols:
-            data_type = DataType.from_flink(types[c], c)
-            if data_type not in _FEATURE_TYPES:
-                raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
-                                           f"features must be FLOAT, DOUBLE, INT, BIGINT, "
-                                           f"ARRAY<FLOAT> or ARRAY<DOUBLE>")
-            feature_types.append(data_type)
-        label_type = DataType.from_flink(types[label_col], label_col)
-        if not label_type.is_numeric:
-            raise UnsupportedTypeError(f"Label column {label_col!r} is "
-                                       f"{label_type.type_name}; labels must be numeric")
+        types, feature_types, label_type = training_column_types(table, feature_cols,
+                                                                 label_col)
         version_col = self.get_model_version_col()
         if version_col in types:
             raise SchemaError(f"The table already has a column {version_col!r}; set "
@@ -236,14 +215,3 @@ def _warm_start(model: torch.nn.Module, initial: Union[PyTorchModel, str], t_env
     except RuntimeError as error:
         raise ValueError(f"initial_model's weights do not fit the model to train: "
                          f"{error}") from None
-
-
-def _start_store(t_env, timeout: float) -> RendezvousServer:
-    conf = t_env.get_config()
-    local = is_local(t_env)
-    host = options.lookup(options.RENDEZVOUS_HOST, conf) or \
-        ("127.0.0.1" if local else socket.gethostbyname(socket.getfqdn()))
-    bind = options.lookup(options.RENDEZVOUS_BIND, conf) or (host if local else "0.0.0.0")
-    server = RendezvousServer(host, _security(conf), bind, timeout)
-    _stores[server.run_id] = server
-    return server

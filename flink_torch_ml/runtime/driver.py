@@ -29,7 +29,7 @@ from .protocol import RunStore, wait_until
 from .rendezvous import RendezvousServer
 from .wire import DEFAULT_MAX_FRAME_BYTES, Security, new_secret
 
-__all__ = ["DistributedRun", "active_runs", "shipped_by_value"]
+__all__ = ["DistributedRun", "active_runs", "shipped_by_value", "host_rendezvous"]
 
 _active: "weakref.WeakSet[DistributedRun]" = weakref.WeakSet()
 
@@ -60,12 +60,7 @@ class DistributedRun:
         self._previous_parallelism = conf.get("parallelism.default", None)
         check_environment(t_env, world_size)
         configure_job(t_env, world_size, timeout)
-        local = is_local(t_env)
-        host = options.lookup(options.RENDEZVOUS_HOST, conf, rendezvous_host) or \
-            ("127.0.0.1" if local else socket.gethostbyname(socket.getfqdn()))
-        bind = options.lookup(options.RENDEZVOUS_BIND, conf, rendezvous_bind) or \
-            (host if local else "0.0.0.0")
-        self.server = RendezvousServer(host, _security(conf), bind, timeout)
+        self.server = host_rendezvous(t_env, timeout, rendezvous_host, rendezvous_bind)
         self._t_env = t_env
         self._liveness: Optional[LivenessWatch] = None
         self._held = _Held(self.server)
@@ -281,6 +276,20 @@ class _Held:
         if not self.released:
             self.released = True
             self.server.close()
+
+
+def host_rendezvous(t_env, timeout: float, host: Optional[str] = None,
+                    bind: Optional[str] = None) -> RendezvousServer:
+    """Start a run's store in this process: the address workers dial (the option, else
+    loopback on the embedded mini-cluster, else this host's name), bound to loopback
+    locally and to all interfaces elsewhere unless configured, with the run's secret."""
+    conf = t_env.get_config()
+    local = is_local(t_env)
+    host = options.lookup(options.RENDEZVOUS_HOST, conf, host) or \
+        ("127.0.0.1" if local else socket.gethostbyname(socket.getfqdn()))
+    bind = options.lookup(options.RENDEZVOUS_BIND, conf, bind) or \
+        (host if local else "0.0.0.0")
+    return RendezvousServer(host, _security(conf), bind, timeout)
 
 
 def _security(conf) -> Security:

@@ -29,7 +29,8 @@ from .job_spec import JobSpec
 from .operators import ExplodeRows, FeedFunction, NodeFunction
 from .planner import planned
 
-__all__ = ["check_environment", "configure_job", "shard_keys", "node_results_table",
+__all__ = ["check_environment", "configure_job", "shard_keys", "stream_shard_keys",
+           "keys_per_subtask", "default_python_executable", "node_results_table",
            "explode_rows_udtf", "check_input_types", "is_local", "results_sink",
            "unbounded_sources"]
 
@@ -68,8 +69,7 @@ def configure_job(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
     interpreter, W as parallelism, a pinned max parallelism (shard keys depend on it),
     bounded slot requests and the feed's batch sizes (unless configured)."""
     config = t_env.get_config()
-    if config.get("python.executable", None) is None:
-        config.set("python.executable", sys.executable)
+    default_python_executable(config)
     if config.get("slot.request.timeout", None) is None:  # Flink's default waits 5 minutes
         config.set("slot.request.timeout", f"{int(timeout * 1000)} ms")
     for option in ("python.fn-execution.arrow.batch.size", "python.fn-execution.bundle.size"):
@@ -77,6 +77,12 @@ def configure_job(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
             config.set(option, str(ARROW_BATCH_ROWS))
     config.set("parallelism.default", str(world_size))
     config.set("pipeline.max-parallelism", str(MAX_PARALLELISM))
+
+
+def default_python_executable(config) -> None:
+    """Flink's Python workers run this interpreter unless configured otherwise."""
+    if config.get("python.executable", None) is None:
+        config.set("python.executable", sys.executable)
 
 
 def is_local(t_env) -> bool:
@@ -91,22 +97,46 @@ def is_local(t_env) -> bool:
 
 def shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[int]:
     """Key values k_0..k_{W-1} such that ``GROUP BY`` an INT column equal to k_r runs on
-    subtask r: built the way the planner builds the group key (a one-INT BinaryRowData) and
-    placed by Flink's own KeyGroupRangeAssignment."""
+    subtask r: built the way the planner builds the group key (a one-INT BinaryRowData)."""
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
-    binary_row = jvm.org.apache.flink.table.data.binary.BinaryRowData
-    writer_class = jvm.org.apache.flink.table.data.writer.BinaryRowWriter
-    assignment = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
-    found, value = {}, 0
-    while len(found) < world_size:
-        row = binary_row(1)
-        writer = writer_class(row)
+
+    def group_key(value: int):
+        row = jvm.org.apache.flink.table.data.binary.BinaryRowData(1)
+        writer = jvm.org.apache.flink.table.data.writer.BinaryRowWriter(row)
         writer.writeInt(0, value)
         writer.complete()
-        found.setdefault(assignment.assignKeyToParallelOperator(row, max_parallelism,
-                                                                world_size), value)
+        return row
+
+    return keys_per_subtask(world_size, max_parallelism, group_key)
+
+
+def stream_shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[int]:
+    """Key values k_0..k_{W-1} such that a DataStream keyed by an INT key equal to k_r goes
+    to subtask r (PyFlink's ``key_by`` wraps the key in a one-field Row)."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+
+    def row_key(value: int):
+        row = jvm.org.apache.flink.types.Row.withPositions(1)
+        row.setField(0, jvm.java.lang.Integer(value))
+        return row
+
+    return keys_per_subtask(world_size, max_parallelism, row_key)
+
+
+def keys_per_subtask(world_size: int, max_parallelism: int, java_key) -> List[int]:
+    """The first int per subtask whose Java key (``java_key(int)``) Flink's own
+    KeyGroupRangeAssignment places on that subtask, in subtask order."""
+    from pyflink.java_gateway import get_gateway
+
+    assignment = get_gateway().jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
+    found, value = {}, 0
+    while len(found) < world_size:
+        found.setdefault(assignment.assignKeyToParallelOperator(
+            java_key(value), max_parallelism, world_size), value)
         value += 1
         if value > 1_000_000:
             raise RuntimeError(f"No shard keys found for world size {world_size}")

@@ -4,7 +4,6 @@ keys that Flink places one per subtask), plus one pad row per rank that starts e
 once; the trainers' version rows become the model-data table.
 """
 
-import sys
 from typing import List
 
 from pyflink.common import Types
@@ -16,31 +15,12 @@ from .._compat import table_columns
 from .._defaults import MAX_PARALLELISM
 from .online_trainer import VERSION_FIELDS, OnlineSpec, OnlineTrainer
 from .driver import shipped_by_value
+from .job import default_python_executable, stream_shard_keys
 from .planner import planned
 
-__all__ = ["RANK_MARKER", "online_shard_keys", "version_row_type", "model_data_table",
-           "ShardSelector"]
+__all__ = ["RANK_MARKER", "version_row_type", "model_data_table", "ShardSelector"]
 
 RANK_MARKER = "__ftm_rank"
-
-
-def online_shard_keys(world_size: int, max_parallelism: int = MAX_PARALLELISM) -> List[int]:
-    """Keys k_0..k_{W-1} such that a DataStream keyed by an INT key (PyFlink wraps it in a
-    one-field Row) equal to k_r goes to subtask r, placed by Flink's own assignment."""
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    assignment = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
-    found, value = {}, 0
-    while len(found) < world_size:
-        row = jvm.org.apache.flink.types.Row.withPositions(1)
-        row.setField(0, jvm.java.lang.Integer(value))
-        found.setdefault(assignment.assignKeyToParallelOperator(row, max_parallelism,
-                                                                world_size), value)
-        value += 1
-        if value > 1_000_000:
-            raise RuntimeError(f"No shard keys found for world size {world_size}")
-    return [found[r] for r in range(world_size)]
 
 
 class ShardSelector(KeySelector):
@@ -70,9 +50,7 @@ def version_row_type(version_col: str):
 def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) -> Table:
     """The unbounded table of model versions the online job produces (lazily: the job runs
     when a pipeline consuming it executes)."""
-    config = t_env.get_config()
-    if config.get("python.executable", None) is None:
-        config.set("python.executable", sys.executable)
+    default_python_executable(t_env.get_config())
     names = [*spec.feature_cols, spec.label_col]
     columns = dict(zip(*table_columns(table)))
     types = [columns[n].nullable() for n in names]
@@ -83,7 +61,7 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
     pads = t_env.from_elements([(r, *[None] * len(names)) for r in range(spec.world_size)],
                                pad_schema)
     stream = planned(t_env, lambda: t_env.to_data_stream(selected.union_all(pads)))
-    keys = online_shard_keys(spec.world_size)
+    keys = stream_shard_keys(spec.world_size)
     with shipped_by_value(spec.model, spec.loss, spec.optimizer_creator):
         versions = (stream.key_by(ShardSelector(keys), key_type=Types.INT())
                     .process(OnlineTrainer(spec), output_type=version_row_type(version_col))

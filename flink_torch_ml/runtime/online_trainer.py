@@ -16,12 +16,13 @@ Protocol (every rank runs the same sequence of collectives, so they always pair 
 Only rank 0 holds optimizer state, so restoring rank 0's state is restoring the run.
 """
 
+import datetime
 import io
 import json
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,9 +68,8 @@ class OnlineSpec:
     heartbeat_ms: int
     model_spec: Dict[str, Any]  # ModelSpec JSON of the version rows (input names included)
     emit_initial: bool = False  # a warm start: publish the initial weights as version 0
-    seed: int = 0
+    seed: int = 0  # seeds torch on every rank (dropout and other randomness in the loss)
     num_threads: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def allocate(counts: Sequence[int], batch: int) -> List[int]:
@@ -102,6 +102,7 @@ class OnlineLearner:
 
     def __init__(self, spec: OnlineSpec, rank: int):
         self.spec, self.rank, self.world = spec, rank, spec.world_size
+        torch.manual_seed(spec.seed)
         self.model = spec.model
         self.float_dtype = _model_dtype(self.model)
         self.optimizer = spec.optimizer_creator(self.model) if rank == 0 else None
@@ -292,8 +293,6 @@ class OnlineTrainer(KeyedProcessFunction):
                         learner.last_loss else int(round(learner.last_loss * 1e6)))
         self._run = RunStore(connect(spec.rendezvous), 1000 + self._attempt,
                              spec.world_size, spec.timeout)
-        import datetime
-
         try:
             dist.init_process_group(
                 "gloo", store=torch_store(self._run.store, f"online/{self._attempt}/pg/"),

@@ -47,6 +47,15 @@ def estimator(**overrides):
     return OnlinePyTorchEstimator(ScalarRegressor(), nn.MSELoss(), sgd, **settings)
 
 
+def unbounded_points(env, name, rate):
+    """An unbounded datagen table ``name`` of points (x1, x2) in [-1, 1]^2 at ``rate``
+    rows/s."""
+    env.execute_sql(
+        f"CREATE TEMPORARY TABLE {name} (x1 DOUBLE, x2 DOUBLE) WITH ('connector' = 'datagen', "
+        f"'rows-per-second' = '{rate}', 'fields.x1.min' = '-1', 'fields.x1.max' = '1', "
+        f"'fields.x2.min' = '-1', 'fields.x2.max' = '1')")
+
+
 def collect(table):
     with table.execute().collect() as result:
         return [tuple(r) for r in result]
@@ -181,10 +190,7 @@ def test_a_killed_worker_restarts_from_the_checkpointed_version(tmp_path):
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": "3",
         "restart-strategy.fixed-delay.delay": "1 s"})
-    env.execute_sql(
-        "CREATE TEMPORARY TABLE points (x1 DOUBLE, x2 DOUBLE) WITH ('connector' = 'datagen', "
-        "'rows-per-second' = '2000', 'fields.x1.min' = '-1', 'fields.x1.max' = '1', "
-        "'fields.x2.min' = '-1', 'fields.x2.max' = '1')")
+    unbounded_points(env, "points", 2000)
     table = env.sql_query("SELECT x1, x2, 2 * x1 - x2 + 0.5 AS y FROM points")
     marker = str(tmp_path / "killed")
     torch.manual_seed(0)
@@ -210,13 +216,9 @@ def test_a_killed_worker_restarts_from_the_checkpointed_version(tmp_path):
 
 
 def test_without_checkpointing_a_killed_worker_fails_the_job_in_bounded_time(tmp_path):
-
     env = create_table_environment("streaming", parallelism=2,
                                    config={"restart-strategy.type": "none"})
-    env.execute_sql(
-        "CREATE TEMPORARY TABLE points2 (x1 DOUBLE, x2 DOUBLE) WITH ('connector' = 'datagen', "
-        "'rows-per-second' = '2000', 'fields.x1.min' = '-1', 'fields.x1.max' = '1', "
-        "'fields.x2.min' = '-1', 'fields.x2.max' = '1')")
+    unbounded_points(env, "points2", 2000)
     table = env.sql_query("SELECT x1, x2, 2 * x1 - x2 AS y FROM points2")
     marker = str(tmp_path / "killed")
     torch.manual_seed(0)
@@ -243,10 +245,7 @@ def test_the_trainers_flink_metrics_move_while_the_job_runs():
     from tests.integration.test_observability import rest, watched_env
 
     env, port = watched_env()
-    env.execute_sql(
-        "CREATE TEMPORARY TABLE watched (x1 DOUBLE, x2 DOUBLE) WITH ('connector' = 'datagen', "
-        "'rows-per-second' = '1000', 'fields.x1.min' = '-1', 'fields.x1.max' = '1', "
-        "'fields.x2.min' = '-1', 'fields.x2.max' = '1')")
+    unbounded_points(env, "watched", 1000)
     env.execute_sql("CREATE TEMPORARY TABLE versions_sink (v BIGINT, loss DOUBLE) "
                     "WITH ('connector' = 'blackhole')")
     table = env.sql_query("SELECT x1, x2, 2 * x1 - x2 + 0.5 AS y FROM watched")
