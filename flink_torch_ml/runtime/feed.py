@@ -13,7 +13,7 @@ Every wait is bounded. Free of Flink imports.
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..errors import FeedError
 import numpy as np
@@ -184,6 +184,9 @@ class FeedSender:
             self._drop(rank)
 
 
+LIVENESS_CONNECT_TRIES = 10  # a worker's feed server that never answers: do not name ranks
+
+
 class LivenessWatch:
     """Holds an idle connection to every worker's feed server (``addresses()`` returns the
     ones published so far): when a worker's process dies, its kernel closes the connection at
@@ -196,17 +199,19 @@ class LivenessWatch:
         self.died: Dict[int, int] = {}  # rank -> the watch's wake-up that saw it go
         self._wakes: List[float] = []
         self._blind = False  # some worker could not be watched: never name a rank
+        self._pending: Set[int] = set()  # published, not yet watched (a slow handshake)
         self._stop = threading.Event()
         selector = selectors.DefaultSelector()
         watched: Dict[int, Optional[socket.socket]] = {}  # None: could not be reached
+        tries: Dict[int, int] = {}  # rank -> failed connection attempts
 
         def run():
             try:
                 while not self._stop.is_set():
                     try:
                         published = addresses()
-                    except Exception:  # the store is gone: the run is over
-                        return
+                    except Exception:  # the store is slow or gone: watch what we have
+                        published = {}
                     for rank, address in published.items():
                         if rank in watched or rank in self.died:
                             continue
@@ -214,13 +219,20 @@ class LivenessWatch:
                             conn = connect_authenticated(address, security, 1.0)
                             conn.settimeout(None)
                         except ConnectionRefusedError:  # published, nobody listens: gone
+                            self._pending.discard(rank)
                             self.died.setdefault(rank, len(self._wakes))
                             self._wakes.append(time.monotonic())
                             continue
-                        except OSError:  # unreachable from the client: cannot tell
-                            watched[rank] = None
-                            self._blind = True
+                        except OSError:  # a busy worker, or unreachable: try again
+                            tries[rank] = tries.get(rank, 0) + 1
+                            if tries[rank] < LIVENESS_CONNECT_TRIES:
+                                self._pending.add(rank)
+                            else:  # unreachable from the client: cannot tell
+                                self._pending.discard(rank)
+                                watched[rank] = None
+                                self._blind = True
                             continue
+                        self._pending.discard(rank)
                         watched[rank] = conn
                         selector.register(conn, selectors.EVENT_READ, rank)
                     if not selector.get_map():
@@ -251,7 +263,7 @@ class LivenessWatch:
         """The rank(s) whose connection dropped first: the watch wakes up as soon as one
         drops, so later ones (the job tearing the others down) come at later wake-ups."""
         died = dict(self.died)
-        if not died or self._blind:
+        if not died or self._blind or self._pending:  # a rank we could not watch may be first
             return []
         first = min(died.values())
         return sorted(r for r, wake in died.items() if wake == first)

@@ -278,6 +278,8 @@ def test_the_trainers_flink_metrics_move_while_the_job_runs():
     assert list(versions) == sorted(versions) and versions[-1] > versions[0], seen
     assert list(rows_trained) == sorted(rows_trained) and rows_trained[-1] > 0, seen
     # the ranks' rows add up to the versions' (each version is 100 rows), give or take the
-    # moment each subtask's metrics were read
-    assert all(abs(rows - 100 * version) <= 300 for version, rows, _ in seen), seen
+    # moment each metric was last reported: during the catch-up burst at the start the
+    # counter and the gauge can be read a few dozen versions apart, so check the last sample
+    # (counting one rank's rows only, or both twice, would be thousands off by then)
+    assert abs(rows_trained[-1] - 100 * versions[-1]) <= 1500, seen
     assert losses[-1] < losses[0], seen

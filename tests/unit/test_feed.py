@@ -180,3 +180,30 @@ def test_liveness_watch_counts_a_refused_address_as_gone_and_an_unreachable_one_
         time.sleep(0.02)
     assert blind.died and blind.first_dead() == []
     blind.stop()
+
+
+def test_liveness_watch_retries_a_worker_too_busy_to_answer_and_names_no_rank_meanwhile():
+    import socket
+    import time
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the handshake
+    silent_address = f"127.0.0.1:{silent.getsockname()[1]}"
+    busy_until = time.monotonic() + 1.5
+    real = new_server(5.0)
+    other = new_server(5.0)
+    watch = LivenessWatch(lambda: {0: other.address, 1: silent_address if
+                                   time.monotonic() < busy_until else real.address},
+                          SECURITY, poll=0.05)
+    time.sleep(0.3)
+    assert watch.first_dead() == []
+    time.sleep(3.0)  # the retry reached rank 1's real server
+    real.close()
+    deadline = time.monotonic() + 5
+    while not watch.died and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    other.close()
+    time.sleep(0.3)
+    assert watch.first_dead() == [1]
+    watch.stop()
+    silent.close()
