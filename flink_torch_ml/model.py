@@ -45,7 +45,8 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
     :param prediction_type: override the prediction column type (e.g. ``"FLOAT_64"``);
         by default it follows the model's output dtype and width.
     :param handle_invalid: ``"error"`` (default) fails on a NULL/NaN feature, naming the column;
-        ``"skip"`` drops rows with a NULL feature before scoring.
+        ``"skip"`` drops rows with a NULL or NaN feature, or an array feature of the wrong
+        length or holding NULL/NaN, and counts them (metric ``rowsSkippedInvalid``).
     :param num_threads: threads per Python worker; 0 means cores / parallelism.
     :param model_version_col: the version column of an unbounded model-data table (see
         :meth:`set_model_data`) and of ``transform``'s output when following one.

@@ -286,7 +286,8 @@ class HasPredictionCol(WithParams):
 
 class HasHandleInvalid(WithParams):
     HANDLE_INVALID = StringParam(
-        "handle_invalid", "What to do with a NULL/NaN feature: 'error' or 'skip'.", "error",
+        "handle_invalid", "What to do with a row whose feature is NULL, NaN or a wrong-length "
+        "array: 'error' (fail, naming the column) or 'skip' (drop and count it).", "error",
         ParamValidators.in_array(["error", "skip"]))
 
     def get_handle_invalid(self) -> str:

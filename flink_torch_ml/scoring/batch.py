@@ -11,7 +11,8 @@ import pandas as pd
 from ..errors import InvalidDataError
 from .spec import FeatureSpec, ModelSpec
 
-__all__ = ["feature_array", "features_to_arrays", "output_to_series"]
+__all__ = ["feature_array", "features_to_arrays", "invalid_rows", "output_to_series",
+           "spread_output"]
 
 
 def feature_array(series: pd.Series, feature: FeatureSpec, check_invalid: bool = True,
@@ -53,6 +54,45 @@ def _raise_null(column: str, count: int, rows: int, what: str) -> None:
     raise InvalidDataError(
         f"Feature column {column!r} holds {what} in {count} of {rows} rows of a batch; clean "
         f"the data, or set handle_invalid='skip' to drop rows with NULL features")
+
+
+def invalid_rows(series: Sequence[pd.Series], spec: ModelSpec) -> np.ndarray:
+    """Which rows of a batch ``handle_invalid='skip'`` drops: a NULL or NaN feature, or an
+    array feature that is NULL, of the wrong length, or holds a NULL or NaN element."""
+    rows = len(series[0]) if series else 0
+    bad = np.zeros(rows, dtype=bool)
+    for column, feature in zip(series, spec.features):
+        if not feature.data_type.is_array:
+            bad |= column.isna().to_numpy()
+            continue
+        values = column.to_numpy()
+        lengths = np.fromiter((-1 if v is None else len(v) for v in values), np.int64, rows)
+        wrong = lengths != feature.width
+        bad |= wrong
+        whole = np.flatnonzero(~wrong)
+        if not whole.size:
+            continue
+        try:  # one vectorized check; an array holding None does not convert
+            bad[whole] |= np.isnan(np.stack(values[whole]).astype(np.float64)).any(axis=1)
+        except (TypeError, ValueError):
+            for i in whole:
+                try:
+                    bad[i] |= bool(np.isnan(np.asarray(values[i], dtype=np.float64)).any())
+                except (TypeError, ValueError):  # a None element
+                    bad[i] = True
+    return bad
+
+
+def spread_output(valid: pd.Series, keep: np.ndarray) -> pd.Series:
+    """A result column for every row of a batch from the results of its ``keep`` rows: the
+    others get NULL (Flink then drops them)."""
+    if valid.dtype.kind == "f":  # NaN is NULL to Flink's Arrow conversion
+        full = np.full(len(keep), np.nan, dtype=valid.dtype)
+        full[keep] = valid.to_numpy()
+        return pd.Series(full)
+    full = np.full(len(keep), None, dtype=object)
+    full[np.flatnonzero(keep)] = valid.to_numpy(dtype=object)
+    return pd.Series(full, dtype=object)
 
 
 def features_to_arrays(series: Sequence[pd.Series], spec: ModelSpec,

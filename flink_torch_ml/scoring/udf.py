@@ -6,7 +6,6 @@ Each subtask reports Flink metrics under the group ``flink_torch_ml`` (see ``Sco
 """
 
 import time
-from functools import reduce
 from typing import Optional
 
 import pandas as pd
@@ -16,7 +15,8 @@ from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from ..runtime.metrics import metric_group
 from ..runtime.orphan_guard import start_orphan_guard
-from .batch import features_to_arrays, output_to_series
+from ..errors import InvalidDataError
+from .batch import features_to_arrays, invalid_rows, output_to_series, spread_output
 from .runner import ModelRunner
 from .spec import ModelSpec
 
@@ -28,13 +28,15 @@ class ScoringMetrics:
     ``flink_torch_ml.format.<format>``: ``rowsScored`` (counter), ``rowsScoredPerSecond``
     (meter), ``batchesScored`` (counter), the model's time per batch as gauges
     ``lastBatchInferenceMicros``, ``meanBatchInferenceMicros`` and ``maxBatchInferenceMicros``
-    (plain numbers, which every reporter and the REST API read), and ``modelVersion``."""
+    (plain numbers, which every reporter and the REST API read), ``modelVersion``, and
+    ``rowsSkippedInvalid`` (counter: rows ``handle_invalid='skip'`` dropped)."""
 
     def __init__(self, group, model_format: str, model_version: int):
         group = group.add_group("format", model_format)
         self.rows = group.counter("rowsScored")
         self.rate = group.meter("rowsScoredPerSecond", time_span_in_seconds=60)
         self.batches = group.counter("batchesScored")
+        self.skipped = group.counter("rowsSkippedInvalid")
         self.last_micros = self.max_micros = self.total_micros = self.count = 0
         group.gauge("lastBatchInferenceMicros", lambda: self.last_micros)
         group.gauge("meanBatchInferenceMicros",
@@ -60,7 +62,7 @@ class PredictFunction(ScalarFunction):
                  parallelism: Optional[int] = None, model_version: int = 0):
         self._runner = runner
         self._spec = spec
-        self._check_invalid = check_invalid
+        self._skip_invalid = not check_invalid  # False: fail on invalid rows, naming the column
         self._parallelism = parallelism
         self._model_version = model_version
         self._metrics: Optional[ScoringMetrics] = None
@@ -75,15 +77,42 @@ class PredictFunction(ScalarFunction):
 
     def eval(self, *series: pd.Series) -> pd.Series:
         rows = len(series[0])
-        arrays = features_to_arrays(series, self._spec, self._check_invalid)
+        keep = None
+        if self._skip_invalid:  # score the valid rows; the others get NULL, dropped by Flink
+            bad = invalid_rows(series, self._spec)
+            if bad.any():
+                keep = ~bad
+                series = tuple(s[keep].reset_index(drop=True) for s in series)
+                if self._metrics is not None:
+                    self._metrics.skipped.inc(int(bad.sum()))
+        scored = len(series[0])
+        arrays = features_to_arrays(series, self._spec, not self._skip_invalid)
         started = time.perf_counter()
-        output = self._runner.predict(arrays)
-        if self._metrics is not None:
-            self._metrics.record(rows, time.perf_counter() - started)
-        return output_to_series(output, rows, self._spec)
+        output = self._runner.predict(arrays) if scored else None
+        if self._metrics is not None and scored:
+            self._metrics.record(scored, time.perf_counter() - started)
+        if output is None:
+            return pd.Series([None] * rows, dtype=object)
+        result = output_to_series(output, scored, self._spec)
+        if self._skip_invalid:
+            _refuse_nan_predictions(result)
+        return result if keep is None else spread_output(result, keep)
 
     def close(self) -> None:
         self._runner.close()
+
+
+def _refuse_nan_predictions(result: pd.Series) -> None:
+    """With handle_invalid='skip' Flink drops the rows whose prediction is NULL, and NaN
+    becomes NULL: a NaN the model computed from valid features must not vanish silently."""
+    if result.dtype.kind == "f":
+        nan = int(result.isna().sum())
+        if nan:
+            raise InvalidDataError(
+                f"The model returned NaN for {nan} of {len(result)} rows whose features are "
+                f"valid; with handle_invalid='skip' such rows would be dropped unseen (Flink "
+                f"reads NaN as NULL). Fix the model, or use handle_invalid='error', which "
+                f"keeps them with a NULL prediction")
 
 
 def predict_udf(runner: ModelRunner, spec: ModelSpec, check_invalid: bool = True,
@@ -96,11 +125,12 @@ def predict_udf(runner: ModelRunner, spec: ModelSpec, check_invalid: bool = True
 def add_prediction_column(table: Table, runner: ModelRunner, spec: ModelSpec,
                           handle_invalid: str = "error",
                           parallelism: Optional[int] = None) -> Table:
-    """``table`` plus the prediction column; with ``handle_invalid='skip'`` rows holding a NULL
-    feature are dropped first (in Flink, before they reach Python)."""
-    if handle_invalid == "skip":
-        table = table.filter(reduce(lambda a, b: a & b,
-                                    [col(c).is_not_null for c in spec.feature_cols]))
+    """``table`` plus the prediction column; with ``handle_invalid='skip'`` the UDF leaves
+    rows with an invalid feature (NULL, NaN, an array of the wrong length) unscored and counts
+    them (metric ``rowsSkippedInvalid``), and Flink drops them after it."""
     function = predict_udf(runner, spec, handle_invalid == "error", parallelism)
     prediction = function(*[col(c) for c in spec.feature_cols]).alias(spec.prediction_col)
-    return table.add_columns(prediction)
+    scored = table.add_columns(prediction)
+    if handle_invalid == "skip":
+        scored = scored.filter(col(spec.prediction_col).is_not_null)
+    return scored

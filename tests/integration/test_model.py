@@ -231,6 +231,22 @@ def test_null_feature_rows_skipped_on_request(batch_env):
     assert_close(frame["prediction"], expected(module, [1.0, 0.5], [2.0, 0.5]))
 
 
+def test_skip_drops_nan_and_bad_array_rows_too(batch_env):
+    rows = [(0, 1.0, [1.0, 2.0, 3.0, 4.0]), (1, float("nan"), [1.0, 2.0, 3.0, 4.0]),
+            (2, 1.0, [1.0, 2.0]), (3, 2.0, None), (4, 2.0, [1.0, float("nan"), 3.0, 4.0]),
+            (5, 0.5, [4.0, 3.0, 2.0, 1.0])]
+    table = make_table(batch_env, [("id", DataTypes.INT()), ("x", DataTypes.DOUBLE()),
+                                   ("v", DataTypes.ARRAY(DataTypes.FLOAT()))], rows)
+    module = MixedClassifier(4, 3).eval()
+    model = PyTorchModel(module, ["x", "v"], feature_widths=[1, 4], handle_invalid="skip")
+    frame = by_id(model.transform(table)[0])
+    assert frame["id"].tolist() == [0, 5]
+    with torch.no_grad():
+        want = module(torch.tensor([[1.0], [0.5]]),
+                      torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])).numpy()
+    np.testing.assert_allclose(np.stack(frame["prediction"].to_numpy()), want, rtol=1e-5)
+
+
 def test_array_of_wrong_length_fails_naming_column(batch_env, tmp_path):
     rows = [(0, 1.0, [1.0, 2.0, 3.0, 4.0]), (1, 1.0, [1.0, 2.0])]
     table = make_table(batch_env, [("id", DataTypes.INT()), ("x", DataTypes.DOUBLE()),

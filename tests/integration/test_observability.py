@@ -57,13 +57,15 @@ def test_scoring_metrics_count_every_row_through_the_rest_api(tmp_path, fmt):
     data = tmp_path / "input"
     data.mkdir()
     rows = rng.normal(size=(N, 2)).astype(np.float32)
-    (data / "part-0.csv").write_text("".join(f"{a},{b}\n" for a, b in rows))
+    # and rows handle_invalid='skip' drops: a missing (NULL) or NaN feature
+    (data / "part-0.csv").write_text("".join(f"{a},{b}\n" for a, b in rows) +
+                                     "1.0,null\nnull,2.0\n0.5,NaN\n")
     env, port = watched_env()
     env.execute_sql(f"""CREATE TEMPORARY TABLE watched (x1 FLOAT, x2 DOUBLE) WITH (
         'connector' = 'filesystem', 'path' = '{data}', 'format' = 'csv',
-        'source.monitor-interval' = '1 s')""")
+        'source.monitor-interval' = '1 s', 'csv.null-literal' = 'null')""")
     PyTorchModel(ScalarRegressor(), ["x1", "x2"]).save(str(tmp_path / "m"), format=fmt)
-    model = PyTorchModel.load(env, str(tmp_path / "m"))
+    model = PyTorchModel.load(env, str(tmp_path / "m")).set_handle_invalid("skip")
     env.execute_sql("CREATE TEMPORARY TABLE sink (x1 FLOAT, x2 DOUBLE, prediction FLOAT) "
                     "WITH ('connector' = 'blackhole')")
     result = model.transform(env.from_path("watched"))[0].execute_insert("sink")
@@ -79,6 +81,7 @@ def test_scoring_metrics_count_every_row_through_the_rest_api(tmp_path, fmt):
                 break
             time.sleep(1)
         assert values.get(f"format.{fmt}.rowsScored") == N, values
+        assert values.get(f"format.{fmt}.rowsSkippedInvalid") == 3, values
         batches = values[f"format.{fmt}.batchesScored"]
         assert 1 <= batches <= N
         mean, top = (values[f"format.{fmt}.{n}BatchInferenceMicros"] for n in ("mean", "max"))

@@ -69,3 +69,63 @@ def test_output_to_series_scalar_and_array():
         output_to_series(np.zeros((2, 2), np.float32), 2, ModelSpec((), "p", DataType.FLOAT_32))
     with pytest.raises(InvalidDataError, match="first dimension must be the batch"):
         output_to_series(np.zeros((3,), np.float32), 2, ModelSpec((), "p", DataType.FLOAT_32))
+
+
+def test_invalid_rows_finds_null_nan_and_bad_arrays():
+    from flink_torch_ml.scoring.batch import invalid_rows
+
+    spec = ModelSpec((scalar("x"), array("v", 2)), "p", DataType.FLOAT_64, 1)
+    x = pd.Series([1.0, None, float("nan"), 4.0, 5.0, 6.0, 7.0])
+    v = pd.Series([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], None, [1.0], [1.0, float("nan")],
+                   [1.0, None]])
+    assert invalid_rows([x, v], spec).tolist() == [False, True, True, True, True, True, True]
+
+
+@pytest.mark.parametrize("values,dtype", [([1.5, 2.5], "float32"), ([1, 2], "int64")])
+def test_spread_output_puts_null_where_rows_were_skipped(values, dtype):
+    import pyarrow as pa
+
+    from flink_torch_ml.scoring.batch import spread_output
+
+    keep = np.array([True, False, True, False])
+    full = spread_output(pd.Series(np.array(values, dtype=dtype)), keep)
+    arrow = pa.Array.from_pandas(full, mask=full.isnull(),  # as PyFlink converts it
+                                 type=pa.float32() if dtype == "float32" else pa.int64())
+    assert arrow.to_pylist() == [values[0], None, values[1], None]
+
+
+def _skipping_udf(module, spec):
+    from flink_torch_ml.scoring.export import to_torchscript
+    from flink_torch_ml.scoring.runner import ModelRunner
+    from flink_torch_ml.scoring.udf import PredictFunction
+
+    runner = ModelRunner("torchscript", to_torchscript(module, spec.sample_inputs()),
+                         spec.feature_cols, num_threads=1)
+    runner.open(1)
+    return PredictFunction(runner, spec, check_invalid=False)
+
+
+def test_skip_mode_scores_valid_rows_only_and_refuses_nan_predictions():
+    import torch
+
+    spec = ModelSpec((scalar("a"), scalar("b")), "p", DataType.FLOAT_32, 1)
+
+    class Sum(torch.nn.Module):
+        def forward(self, a, b):
+            return 2 * a + b
+
+    function = _skipping_udf(Sum(), spec)
+    a, b = pd.Series([1.0, None, 3.0, float("nan")]), pd.Series([2.0, 1.0, 4.0, 1.0])
+    out = function.eval(a, b)
+    want = [4.0, 10.0]
+    assert out.isna().tolist() == [False, True, False, True]
+    np.testing.assert_allclose(out[[0, 2]].to_numpy(dtype=np.float32), want, rtol=1e-6)
+    assert function.eval(pd.Series([None, None]), pd.Series([1.0, 2.0])).isna().all()
+
+    class Log(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.log(a - b)
+
+    function = _skipping_udf(Log(), spec)
+    with pytest.raises(InvalidDataError, match="returned NaN for 1 of 2 rows whose features"):
+        function.eval(pd.Series([1.0, 2.0, None]), pd.Series([2.0, 1.0, 0.0]))
