@@ -1,7 +1,8 @@
 """OnlinePyTorchEstimator: FlinkML's online-learning contract for PyTorch models. ``fit`` on
 an unbounded table defines a long-running job in which ``worker_num`` ranks update the model
-every ``global_batch_size`` rows; the returned model's ``get_model_data()`` is the unbounded
-table of versions, and its ``transform`` scores each row with the newest version.
+every ``global_batch_size`` rows (or every event-time window of ``window_ms``); the returned
+model's ``get_model_data()`` is the unbounded table of versions, and its ``transform`` scores
+each row with the newest version.
 """
 
 import copy
@@ -21,7 +22,7 @@ from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, Has
                      StringParam)
 from .runtime.driver import host_rendezvous
 from .runtime.job import check_environment
-from .runtime.online_job import model_data_table
+from .runtime.online_job import model_data_table, rowtime_column
 from .runtime.online_trainer import OnlineSpec
 from .runtime.rendezvous import RendezvousServer
 from .scoring.spec import spec_for_module
@@ -37,7 +38,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                              HasWorkerNum, HasSeed, HasTimeout):
     """Trains ``model`` continuously on an unbounded table (FlinkML's ``OnlineX`` estimators,
     for deep learning): every ``global_batch_size`` rows (split across ``worker_num`` ranks)
-    make one optimizer step and one new model version.
+    make one optimizer step and one new model version; or, with ``window_ms``, the rows of
+    each event-time tumbling window (the table needs a time attribute).
 
     ``fit(table)`` returns a PyTorchModel whose ``get_model_data()`` is the unbounded table
     ``(modelVersion BIGINT, versionTime BIGINT (ms), format STRING, model BYTES, spec STRING,
@@ -50,6 +52,10 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     GLOBAL_BATCH_SIZE = IntParam(
         "global_batch_size", "Rows per model update, across all workers.", None,
         ParamValidators.optional(ParamValidators.gt(0)))
+    WINDOW_MS = IntParam(
+        "window_ms", "Event-time tumbling windows of this many ms instead of "
+        "global_batch_size: each window's rows make one update (FlinkML's windows param).",
+        None, ParamValidators.optional(ParamValidators.gt(0)))
     MODEL_VERSION_COL = StringParam("model_version_col", "The model data's version column.",
                                     "modelVersion")
     INITIAL_MODEL = ObjectParam(
@@ -63,7 +69,7 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                  loss: Optional[Callable] = None, optimizer_creator: Optional[Callable] = None,
                  *, feature_cols: Union[None, str, Sequence[str]] = None,
                  label_col: Optional[str] = None, prediction_col: str = "prediction",
-                 global_batch_size: Optional[int] = None,
+                 global_batch_size: Optional[int] = None, window_ms: Optional[int] = None,
                  model_version_col: str = "modelVersion",
                  initial_model: Union[None, PyTorchModel, str] = None, worker_num: int = 1,
                  feature_widths: Optional[Sequence[int]] = None, seed: int = 0,
@@ -72,7 +78,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         self._init_params(model=model, loss=loss, optimizer_creator=optimizer_creator,
                           feature_cols=feature_cols, label_col=label_col,
                           prediction_col=prediction_col, global_batch_size=global_batch_size,
-                          model_version_col=model_version_col, initial_model=initial_model,
+                          window_ms=window_ms, model_version_col=model_version_col,
+                          initial_model=initial_model,
                           worker_num=worker_num, feature_widths=feature_widths, seed=seed,
                           timeout=timeout)
 
@@ -81,6 +88,12 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
 
     def set_global_batch_size(self, value: int) -> "OnlinePyTorchEstimator":
         return self.set(self.GLOBAL_BATCH_SIZE, value)
+
+    def get_window_ms(self) -> Optional[int]:
+        return self.get(self.WINDOW_MS)
+
+    def set_window_ms(self, value: int) -> "OnlinePyTorchEstimator":
+        return self.set(self.WINDOW_MS, value)
 
     def get_model_version_col(self) -> str:
         return self.get(self.MODEL_VERSION_COL)
@@ -114,6 +127,10 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             config.set("python.fn-execution.bundle.time", str(ONLINE_BUNDLE_TIME_MS))
         feature_cols, label_col = list(self.get_feature_cols()), self.get_label_col()
         feature_types, label_type = self._column_types(table, feature_cols, label_col)
+        if self.get_window_ms() is not None and rowtime_column(table) is None:
+            raise SchemaError("window_ms needs event time, and the input table has no time "
+                              "attribute: declare one in its DDL (WATERMARK FOR ts AS ...), "
+                              "or use global_batch_size")
         model = copy.deepcopy(model)
         initial = self.get(self.INITIAL_MODEL)
         if initial is not None:
@@ -130,7 +147,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             label_type=label_type.type_name, global_batch_size=self.get_global_batch_size(),
             world_size=world, rendezvous=server.info(), timeout=self.get_timeout(),
             heartbeat_ms=ONLINE_HEARTBEAT_MS, model_spec=spec_json,
-            emit_initial=initial is not None, seed=self.get_seed())
+            emit_initial=initial is not None, seed=self.get_seed(),
+            window_ms=self.get_window_ms())
         versions = model_data_table(t_env, table, online, self.get_model_version_col())
         result = PyTorchModel(copy.deepcopy(model), feature_cols, self.get_prediction_col(),
                               feature_widths=widths,
@@ -155,10 +173,15 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                               "forward() takes them")
         if not self.get_label_col():
             raise SchemaError("label_col is not set: name the column holding the label")
-        batch = self.get_global_batch_size()
+        batch, window = self.get_global_batch_size(), self.get_window_ms()
+        if batch is not None and window is not None:
+            raise ValueError("Set global_batch_size or window_ms, not both: an update takes "
+                             "either a number of rows or an event-time window's rows")
+        if window is not None:
+            return model, loss, creator
         if batch is None:
-            raise ValueError("global_batch_size is required: the rows of one model update, "
-                             "across all workers (FlinkML's globalBatchSize)")
+            raise ValueError("global_batch_size is required (or window_ms): the rows of one "
+                             "model update, across all workers (FlinkML's globalBatchSize)")
         if batch < self.get_worker_num():
             raise ValueError(f"global_batch_size={batch} is smaller than worker_num="
                              f"{self.get_worker_num()}: every worker needs at least one row "

@@ -4,7 +4,7 @@ keys that Flink places one per subtask), plus one pad row per rank that starts e
 once; the trainers' version rows become the model-data table.
 """
 
-from typing import List
+from typing import List, Optional
 
 from pyflink.common import Types
 from pyflink.datastream.functions import KeySelector
@@ -18,9 +18,11 @@ from .driver import shipped_by_value
 from .job import default_python_executable, stream_shard_keys
 from .planner import planned
 
-__all__ = ["RANK_MARKER", "version_row_type", "model_data_table", "ShardSelector"]
+__all__ = ["RANK_MARKER", "version_row_type", "model_data_table", "rowtime_column",
+           "ShardSelector"]
 
 RANK_MARKER = "__ftm_rank"
+EVENT_TIME = "__ftm_event_time"
 
 
 class ShardSelector(KeySelector):
@@ -54,12 +56,17 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
     names = [*spec.feature_cols, spec.label_col]
     columns = dict(zip(*table_columns(table)))
     types = [columns[n].nullable() for n in names]
-    selected = table.select(lit(-1).cast(DataTypes.INT()).alias(RANK_MARKER),
-                            *[col(n).cast(t).alias(n) for n, t in zip(names, types)])
-    pad_schema = DataTypes.ROW([DataTypes.FIELD(RANK_MARKER, DataTypes.INT()),
-                                *[DataTypes.FIELD(n, t) for n, t in zip(names, types)]])
-    pads = t_env.from_elements([(r, *[None] * len(names)) for r in range(spec.world_size)],
-                               pad_schema)
+    fields = [lit(-1).cast(DataTypes.INT()).alias(RANK_MARKER),
+              *[col(n).cast(t).alias(n) for n, t in zip(names, types)]]
+    pad_fields = [DataTypes.FIELD(RANK_MARKER, DataTypes.INT()),
+                  *[DataTypes.FIELD(n, t) for n, t in zip(names, types)]]
+    if spec.window_ms is not None:  # the time attribute goes along: records keep event time
+        rowtime, rowtime_type = rowtime_column(table), _rowtime_type(table)
+        fields.append(col(rowtime).alias(EVENT_TIME))
+        pad_fields.append(DataTypes.FIELD(EVENT_TIME, rowtime_type))
+    selected = table.select(*fields)
+    pads = t_env.from_elements([(r, *[None] * (len(pad_fields) - 1))
+                                for r in range(spec.world_size)], DataTypes.ROW(pad_fields))
     stream = planned(t_env, lambda: t_env.to_data_stream(selected.union_all(pads)))
     keys = stream_shard_keys(spec.world_size)
     with shipped_by_value(spec.model, spec.loss, spec.optimizer_creator):
@@ -69,3 +76,29 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
                     .set_parallelism(spec.world_size)
                     .set_max_parallelism(MAX_PARALLELISM))
     return t_env.from_data_stream(versions)
+
+
+def rowtime_column(table: Table) -> Optional[str]:
+    """The name of ``table``'s event-time attribute (a column with a WATERMARK), if any."""
+    from pyflink.java_gateway import get_gateway
+
+    checks = get_gateway().jvm.org.apache.flink.table.types.logical.utils.LogicalTypeChecks
+    for column in table._j_table.getResolvedSchema().getColumns():
+        if checks.isRowtimeAttribute(column.getDataType().getLogicalType()):
+            return column.getName()
+    return None
+
+
+
+def _rowtime_type(table: Table):
+    """The pads' type for the time attribute's column: the same kind and precision (Python
+    types would lose the precision, and only TIMESTAMP_LTZ(3) converts to a DataStream)."""
+    name = rowtime_column(table)
+    for column in table._j_table.getResolvedSchema().getColumns():
+        if column.getName() == name:
+            logical = column.getDataType().getLogicalType()
+            precision = logical.getPrecision()
+            if logical.getTypeRoot().name() == "TIMESTAMP_WITH_LOCAL_TIME_ZONE":
+                return DataTypes.TIMESTAMP_LTZ(precision)
+            return DataTypes.TIMESTAMP(precision)
+    raise ValueError(f"no column {name!r}")

@@ -14,6 +14,13 @@ Protocol (every rank runs the same sequence of collectives, so they always pair 
   version row and writes version, weights and optimizer state to Flink keyed state, so a
   checkpoint carries them and a restarted job continues from them (versions keep rising).
 Only rank 0 holds optimizer state, so restoring rank 0's state is restoring the run.
+
+With ``window_ms`` (event-time tumbling windows instead of ``global_batch_size``) rows are
+buffered by window; a sync (a window-end event-time timer, the heartbeat, the end of input)
+all-gathers the ranks' watermarks, and every window that ends at or before the smallest of them
+(all of them at the end of input) makes one update of all its rows, oldest window first. A row
+whose window was already trained on arrives late: it is dropped and counted, as Flink's window
+operators do with allowed lateness 0.
 """
 
 import datetime
@@ -70,6 +77,7 @@ class OnlineSpec:
     emit_initial: bool = False  # a warm start: publish the initial weights as version 0
     seed: int = 0  # seeds torch on every rank (dropout and other randomness in the loss)
     num_threads: int = 0
+    window_ms: Optional[int] = None  # event-time tumbling windows instead of global batches
 
 
 def allocate(counts: Sequence[int], batch: int) -> List[int]:
@@ -108,11 +116,17 @@ class OnlineLearner:
         self.optimizer = spec.optimizer_creator(self.model) if rank == 0 else None
         self.buffer: List[Tuple[tuple, Any, int]] = []  # (features, label, timestamp ms)
         self.version = 0
-        self.share = spec.global_batch_size // self.world + \
-            (1 if rank < spec.global_batch_size % self.world else 0)
+        batch = spec.global_batch_size or 0
+        self.share = batch // self.world + (1 if rank < batch % self.world else 0)
         self.finished = False
         self.rows_trained = 0  # this rank's rows used in updates
+        self.rows_late = 0  # window mode: rows whose window was already trained on
+        self.trained_until = None  # window mode: windows ending at or before this are done
         self.last_loss = float("nan")
+
+    def window_start(self, timestamp: int) -> int:
+        """The start of the event-time tumbling window holding ``timestamp`` (ms)."""
+        return timestamp - timestamp % self.spec.window_ms
 
     # ------------------------------------------------------------------ rows
     def add(self, features: tuple, label: Any, timestamp: Optional[int]) -> bool:
@@ -124,6 +138,18 @@ class OnlineLearner:
         if label is None:
             raise InvalidDataError(f"Label column {self.spec.label_col!r} holds NULL (online "
                                    f"training, rank {self.rank})")
+        if self.spec.window_ms is not None:
+            if timestamp is None:
+                raise InvalidDataError(
+                    f"A row without event time reached online training with window_ms (rank "
+                    f"{self.rank}): the input table needs a time attribute (a WATERMARK in "
+                    f"its DDL)")
+            if self.trained_until is not None and \
+                    self.window_start(int(timestamp)) + self.spec.window_ms <= self.trained_until:
+                self.rows_late += 1  # its window was already trained on
+                return False
+            self.buffer.append((features, label, int(timestamp)))
+            return False  # windows are trained when the watermark passes them
         self.buffer.append((features, label, -1 if timestamp is None else int(timestamp)))
         return len(self.buffer) >= self.share
 
@@ -160,10 +186,13 @@ class OnlineLearner:
         for tensor in self.model.state_dict().values():
             dist.broadcast(tensor, 0)
 
-    def sync(self, done: bool) -> Iterator[_Update]:
+    def sync(self, done: bool, watermark: Optional[int] = None) -> Iterator[_Update]:
         """One sync (see the module's docstring); yields each update (on rank 0)."""
         import torch.distributed as dist
 
+        if self.spec.window_ms is not None:
+            yield from self._sync_windows(done, watermark)
+            return
         mine = torch.tensor([len(self.buffer), int(done)], dtype=torch.int64)
         gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(gathered, mine)
@@ -184,6 +213,43 @@ class OnlineLearner:
             update = self._update(rows, sum(take))
             if update is not None:
                 yield update
+        if all_done:
+            self.finished = True
+
+    def _sync_windows(self, done: bool, watermark: Optional[int]) -> Iterator[_Update]:
+        """A window-mode sync: every window closed on all ranks makes one update."""
+        import torch.distributed as dist
+
+        low = -(1 << 63)
+        mine = torch.tensor([low if watermark is None else int(watermark), int(done)],
+                            dtype=torch.int64)
+        gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        all_done = all(int(g[1]) for g in gathered)
+        watermark = min(int(g[0]) for g in gathered)
+        size, none = self.spec.window_ms, (1 << 63) - 1
+        # a window [start, start + size) is complete once the watermark reaches its last ms
+        closed = none if all_done else (low if watermark < low + size else
+                                        self.window_start(watermark + 1))
+        while True:
+            starts = [self.window_start(r[2]) for r in self.buffer]
+            ready = [w for w in starts if w + size <= closed]
+            oldest = torch.tensor([min(ready) if ready else none], dtype=torch.int64)
+            dist.all_reduce(oldest, op=dist.ReduceOp.MIN)
+            window = int(oldest.item())
+            if window == none:
+                break
+            rows = [r for r, w in zip(self.buffer, starts) if w == window]
+            self.buffer = [r for r, w in zip(self.buffer, starts) if w != window]
+            total = torch.tensor([len(rows)], dtype=torch.int64)
+            dist.all_reduce(total)
+            update = self._update(rows, int(total.item()))
+            if update is not None:
+                update.time_ms = window + size - 1  # the window's end, FlinkML's model time
+                yield update
+        if closed != low:
+            self.trained_until = closed if self.trained_until is None else \
+                max(self.trained_until, closed)
         if all_done:
             self.finished = True
 
@@ -288,6 +354,7 @@ class OnlineTrainer(KeyedProcessFunction):
             self._rate_metric = group.meter("rowsTrainedPerSecond", time_span_in_seconds=60)
             group.gauge("modelVersion", lambda: learner.version)
             group.gauge("rowsBuffered", lambda: len(learner.buffer))
+            group.gauge("rowsLate", lambda: learner.rows_late)  # window mode
             # Flink's Python gauges carry integers: the loss times 10^6
             group.gauge("lastUpdateLossX1e6", lambda: 0 if learner.last_loss !=
                         learner.last_loss else int(round(learner.last_loss * 1e6)))
@@ -318,21 +385,33 @@ class OnlineTrainer(KeyedProcessFunction):
             n = len(self._spec.feature_cols)
             if self._learner.finished:
                 return
-            if self._learner.add(tuple(value[1:1 + n]), value[1 + n], ctx.timestamp()):
-                yield from self._sync(False)
+            timestamp = ctx.timestamp()
+            if self._learner.add(tuple(value[1:1 + n]), value[1 + n], timestamp):
+                yield from self._sync(False, ctx)
+            elif self._spec.window_ms is not None and self._learner.buffer and \
+                    self._learner.buffer[-1][2] == timestamp:  # buffered, not late
+                end = self._learner.window_start(timestamp) + self._spec.window_ms - 1
+                ctx.timer_service().register_event_time_timer(end)  # Flink dedups timers
         except Exception as error:
             raise self._failure(error) from error
 
     def on_timer(self, timestamp, ctx):
+        from pyflink.datastream import TimeDomain
+
         try:
             yield from self._start(ctx)
             if timestamp == END_OF_INPUT:
                 while not self._learner.finished:
-                    yield from self._sync(True)
+                    yield from self._sync(True, ctx)
                 return
-            if self._learner.finished or timestamp != self._heartbeat_state.value():
-                return  # done, or a heartbeat chain superseded by a newer one
-            yield from self._sync(False)
+            if self._learner.finished:
+                return
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:  # a window's end passed
+                yield from self._sync(False, ctx)
+                return
+            if timestamp != self._heartbeat_state.value():
+                return  # a heartbeat chain superseded by a newer one
+            yield from self._sync(False, ctx)
             self._arm_heartbeat(ctx)
         except Exception as error:
             raise self._failure(error) from error
@@ -364,9 +443,11 @@ class OnlineTrainer(KeyedProcessFunction):
         self._heartbeat_state.update(at)
         service.register_processing_time_timer(at)
 
-    def _sync(self, done: bool):
+    def _sync(self, done: bool, ctx):
         before = self._learner.rows_trained
-        for update in self._learner.sync(done):
+        watermark = ctx.timer_service().current_watermark() \
+            if self._spec.window_ms is not None else None
+        for update in self._learner.sync(done, watermark):
             yield self._version_row(self._learner.version, update.rows, update.loss,
                                     update.time_ms)
         if self._rows_metric is not None and self._learner.rows_trained > before:

@@ -83,6 +83,64 @@ def test_a_bounded_table_trains_to_its_end_with_versions_in_order(online_env):
 
 
 @pytest.mark.compat
+@pytest.mark.compat
+def test_event_time_windows_make_one_version_per_window(online_env, tmp_path):
+    """window_ms instead of global_batch_size: a table with event time (a CSV file with a
+    WATERMARK) whose rows fall into three 1 s windows -> three versions, one per window,
+    each trained on that window's rows, stamped with the window's last millisecond."""
+    data = tmp_path / "timed"
+    data.mkdir()
+    lines, counts = [], [150, 200, 250]
+    for window, count in enumerate(counts):
+        for i, (a, b, y) in enumerate(rows(count, seed=window)):
+            ms = window * 1000 + (i * 997) % 1000
+            lines.append(f"{a},{b},{y},2026-01-01 00:00:{ms // 1000:02d}.{ms % 1000:03d}\n")
+    (data / "part-0.csv").write_text("".join(lines))
+    online_env.execute_sql(f"""CREATE TEMPORARY TABLE timed (x1 DOUBLE, x2 DOUBLE, y DOUBLE,
+        ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (
+        'connector' = 'filesystem', 'path' = '{data}', 'format' = 'csv')""")
+    table = online_env.from_path("timed")
+    versions = versions_of(estimator(global_batch_size=None, window_ms=1000).fit(table))
+    assert [v[0] for v in versions] == [1, 2, 3]
+    assert [v[5] for v in versions] == counts
+    times = [v[1] for v in versions]
+    assert times[1] - times[0] == 1000 and times[2] - times[1] == 1000
+    assert times[0] % 1000 == 999
+    assert all(np.isfinite(v[6]) for v in versions)
+
+
+def test_event_time_windows_on_an_unbounded_stream_follow_the_watermark(online_env):
+    """An unbounded datagen stream stamped with the wall clock (TIMESTAMP_LTZ event time):
+    versions come one per 1 s window, in window order, while the job runs."""
+    online_env.execute_sql(
+        "CREATE TEMPORARY TABLE clocked (x1 DOUBLE, x2 DOUBLE, ts AS "
+        "CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)), WATERMARK FOR ts AS ts - INTERVAL "
+        "'0.2' SECOND) WITH ('connector' = 'datagen', 'rows-per-second' = '400', "
+        "'fields.x1.min' = '-1', 'fields.x1.max' = '1', 'fields.x2.min' = '-1', "
+        "'fields.x2.max' = '1')")
+    table = online_env.sql_query("SELECT x1, x2, 2 * x1 - x2 + 0.5 AS y, ts FROM clocked")
+    data = estimator(global_batch_size=None, window_ms=1000).fit(table).get_model_data()[0]
+    seen, started = [], time.monotonic()
+    with data.select(data.modelVersion, data.versionTime, data.rowsTrained).execute() \
+            .collect() as result:
+        for row in result:
+            seen.append(tuple(row))
+            if len(seen) == 4 or time.monotonic() - started > 120:
+                break
+    assert [v[0] for v in seen] == [1, 2, 3, 4], seen
+    times = [v[1] for v in seen]
+    assert all(t % 1000 == 999 for t in times) and times == sorted(set(times)), seen
+    assert all(v[2] > 0 for v in seen), seen  # each window's rows, from both ranks
+
+
+def test_window_mode_needs_event_time_and_excludes_global_batch_size(online_env):
+    table = online_env.from_elements(rows(10), SCHEMA)
+    with pytest.raises(SchemaError, match="window_ms needs event time"):
+        estimator(global_batch_size=None, window_ms=1000).fit(table)
+    with pytest.raises(ValueError, match="global_batch_size or window_ms, not both"):
+        estimator(window_ms=1000).fit(table)
+
+
 def test_scoring_in_the_same_job_buffers_rows_until_the_first_version(online_env):
     data = rows(600, seed=1)
     table = online_env.from_elements(data, SCHEMA)

@@ -129,3 +129,42 @@ def test_a_version_of_another_shape_is_refused():
                                                           '"output_width": 3'))
     with pytest.raises(ModelFormatError, match="returns 3 values"):
         list(f.process_broadcast_element(bad, Ctx()))
+
+
+def test_window_mode_makes_one_update_per_closed_window_and_drops_late_rows():
+    """One rank (a one-process gloo group): rows are trained per event-time window, oldest
+    first, once the watermark passes the window's last millisecond; a row of a window already
+    trained on is late: dropped and counted; the end of input trains what is left."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from flink_torch_ml.runtime.online_trainer import OnlineLearner, OnlineSpec
+
+    torch.manual_seed(0)
+    spec = OnlineSpec(
+        model=torch.nn.Linear(1, 1), loss=torch.nn.functional.mse_loss,
+        optimizer_creator=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        feature_cols=["x"], feature_types=["FLOAT_64"], label_col="y", label_type="FLOAT_64",
+        global_batch_size=None, world_size=1, rendezvous=None, timeout=10, heartbeat_ms=1000,
+        model_spec={}, window_ms=1000)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=10))
+    try:
+        learner = OnlineLearner(spec, 0)
+        learner.start(None)
+        for ts in (100, 900, 1500, 2999, 3000):
+            assert learner.add((ts / 1000,), 1.0, ts) is False  # windows wait for watermarks
+        assert list(learner.sync(False, watermark=998)) == []  # [0, 1000) not complete yet
+        updates = list(learner.sync(False, watermark=2999))  # three windows are complete
+        assert [(u.rows, u.time_ms) for u in updates] == [(2, 999), (1, 1999), (1, 2999)]
+        assert learner.version == 3 and [r[2] for r in learner.buffer] == [3000]
+        learner.add((0.5,), 1.0, 500)  # its window was trained on: late
+        assert learner.rows_late == 1
+        with pytest.raises(InvalidDataError, match="without event time"):
+            learner.add((0.5,), 1.0, None)
+        updates = list(learner.sync(True, watermark=3500))
+        assert [(u.rows, u.time_ms) for u in updates] == [(1, 3999)]
+        assert learner.finished and learner.buffer == []
+    finally:
+        dist.destroy_process_group()
