@@ -387,28 +387,40 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
     def save(self, path: str) -> None:
         """Save the parameters (JSON) and the model and callables (cloudpickle: loading them
         runs code, so load estimators only from trusted paths)."""
-        import cloudpickle
-
-        os.makedirs(path, exist_ok=True)
-        simple, objects = {}, {}
-        for param, value in self.get_param_map().items():
-            (objects if isinstance(param, ObjectParam) else simple)[param.name] = value
-        with open(os.path.join(path, "estimator.json"), "w") as f:
-            json.dump({"class": "PyTorchEstimator", "params": simple}, f, indent=2)
-        with open(os.path.join(path, "objects.pkl"), "wb") as f:
-            cloudpickle.dump(objects, f)
-        write_flinkml_metadata(self, path)
+        save_estimator(self, path)
 
     @classmethod
     def load(cls, t_env, path: str) -> "PyTorchEstimator":
-        with open(os.path.join(path, "estimator.json")) as f:
-            params = json.load(f)["params"]
-        with open(os.path.join(path, "objects.pkl"), "rb") as f:
-            objects = pickle.load(f)
-        estimator = cls()
-        for name, value in {**params, **objects}.items():
-            estimator.set(estimator._param_by_name(name), value)
-        return estimator
+        return load_estimator(cls, path)
+
+
+def save_estimator(estimator, path: str, objects: Optional[Dict[str, Any]] = None) -> None:
+    """An estimator's parameters as JSON and its Python objects (model, callables) with
+    cloudpickle, plus FlinkML's metadata file; ``objects`` overrides what is pickled."""
+    import cloudpickle
+
+    os.makedirs(path, exist_ok=True)
+    simple, pickled = {}, {}
+    for param, value in estimator.get_param_map().items():
+        (pickled if isinstance(param, ObjectParam) else simple)[param.name] = value
+    pickled.update(objects or {})
+    with open(os.path.join(path, "estimator.json"), "w") as f:
+        json.dump({"class": type(estimator).__name__, "params": simple}, f, indent=2)
+    with open(os.path.join(path, "objects.pkl"), "wb") as f:
+        cloudpickle.dump(pickled, f)
+    write_flinkml_metadata(estimator, path)
+
+
+def load_estimator(cls, path: str):
+    """What ``save_estimator`` wrote, as a new ``cls`` (runs pickled code: trusted paths)."""
+    with open(os.path.join(path, "estimator.json")) as f:
+        params = json.load(f)["params"]
+    with open(os.path.join(path, "objects.pkl"), "rb") as f:
+        objects = pickle.load(f)
+    estimator = cls()
+    for name, value in {**params, **objects}.items():
+        estimator.set(estimator._param_by_name(name), value)
+    return estimator
 
 
 class FitOutcome(NamedTuple):

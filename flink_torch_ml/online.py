@@ -6,6 +6,7 @@ each row with the newest version.
 """
 
 import copy
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -15,7 +16,8 @@ from ._defaults import ONLINE_BUNDLE_TIME_MS, ONLINE_HEARTBEAT_MS
 from .api import Estimator
 from .data_types import DataType
 from .errors import SchemaError
-from .estimator import PyTorchEstimator, training_column_types
+from .estimator import (PyTorchEstimator, load_estimator, save_estimator,
+                        training_column_types)
 from .model import PyTorchModel
 from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
                      HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
@@ -212,14 +214,34 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str) -> None:
-        raise NotImplementedError(
-            "OnlinePyTorchEstimator holds Python objects (model, loss, optimizer creator) that "
-            "are not saved as data; save the fitted model's versions instead (write "
-            "get_model_data() to a table, or save a PyTorchModel)")
+        """Save the parameters (JSON) and the model and callables (cloudpickle: loading them
+        runs code, so load estimators only from trusted paths); an ``initial_model`` given as
+        a PyTorchModel is saved beside them in the library's model format."""
+        initial = self.get_initial_model()
+        objects = {}
+        if isinstance(initial, PyTorchModel):
+            initial.save(os.path.join(path, _INITIAL_MODEL_DIR))
+            objects[self.INITIAL_MODEL.name] = _SavedBeside(_INITIAL_MODEL_DIR)
+        save_estimator(self, path, objects)
 
     @classmethod
     def load(cls, t_env, path: str) -> "OnlinePyTorchEstimator":
-        raise NotImplementedError("OnlinePyTorchEstimator cannot be loaded; see save()")
+        estimator = load_estimator(cls, path)
+        initial = estimator.get_initial_model()
+        if isinstance(initial, _SavedBeside):
+            estimator.set_initial_model(PyTorchModel.load(t_env, os.path.join(path,
+                                                                              initial.name)))
+        return estimator
+
+
+_INITIAL_MODEL_DIR = "initial_model"
+
+
+class _SavedBeside:
+    """In a saved estimator: "the initial model is the saved model in this subdirectory"."""
+
+    def __init__(self, name: str):
+        self.name = name
 
 
 def _warm_start(model: torch.nn.Module, initial: Union[PyTorchModel, str], t_env) -> None:

@@ -77,8 +77,9 @@ def test_scoring_metrics_count_every_row_through_the_rest_api(tmp_path, fmt):
                 values = scoring_metrics(port, job)
             except OSError:  # the REST endpoint is still starting
                 values = {}
-            if values.get(f"format.{fmt}.rowsScored", 0) >= N:
-                break
+            if values.get(f"format.{fmt}.rowsScored", 0) >= N and \
+                    values.get(f"format.{fmt}.rowsSkippedInvalid", 0) >= 3:
+                break  # the skipped rows may come in a later bundle
             time.sleep(1)
         assert values.get(f"format.{fmt}.rowsScored") == N, values
         assert values.get(f"format.{fmt}.rowsSkippedInvalid") == 3, values
