@@ -83,7 +83,6 @@ def test_a_bounded_table_trains_to_its_end_with_versions_in_order(online_env):
 
 
 @pytest.mark.compat
-@pytest.mark.compat
 def test_event_time_windows_make_one_version_per_window(online_env, tmp_path):
     """window_ms instead of global_batch_size: a table with event time (a CSV file with a
     WATERMARK) whose rows fall into three 1 s windows -> three versions, one per window,
@@ -141,6 +140,7 @@ def test_window_mode_needs_event_time_and_excludes_global_batch_size(online_env)
         estimator(window_ms=1000).fit(table)
 
 
+@pytest.mark.compat
 def test_scoring_in_the_same_job_buffers_rows_until_the_first_version(online_env):
     data = rows(600, seed=1)
     table = online_env.from_elements(data, SCHEMA)
