@@ -24,7 +24,7 @@ from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, Has
                      StringParam)
 from .runtime.driver import host_rendezvous
 from .runtime.job import check_environment
-from .runtime.online_job import model_data_table, rowtime_column
+from .runtime.online_job import model_data_table, rowtime_field
 from .runtime.online_trainer import OnlineSpec
 from .runtime.rendezvous import RendezvousServer
 from .scoring.spec import spec_for_module
@@ -129,7 +129,7 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             config.set("python.fn-execution.bundle.time", str(ONLINE_BUNDLE_TIME_MS))
         feature_cols, label_col = list(self.get_feature_cols()), self.get_label_col()
         feature_types, label_type = self._column_types(table, feature_cols, label_col)
-        if self.get_window_ms() is not None and rowtime_column(table) is None:
+        if self.get_window_ms() is not None and rowtime_field(table) is None:
             raise SchemaError("window_ms needs event time, and the input table has no time "
                               "attribute: declare one in its DDL (WATERMARK FOR ts AS ...), "
                               "or use global_batch_size")

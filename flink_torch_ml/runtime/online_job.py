@@ -4,11 +4,12 @@ keys that Flink places one per subtask), plus one pad row per rank that starts e
 once; the trainers' version rows become the model-data table.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from pyflink.common import Types
 from pyflink.datastream.functions import KeySelector
 from pyflink.table import DataTypes, Table
+from pyflink.table.types import DataType
 from pyflink.table.expressions import col, lit
 
 from .._compat import table_columns
@@ -18,7 +19,7 @@ from .driver import shipped_by_value
 from .job import default_python_executable, stream_shard_keys
 from .planner import planned
 
-__all__ = ["RANK_MARKER", "version_row_type", "model_data_table", "rowtime_column",
+__all__ = ["RANK_MARKER", "version_row_type", "model_data_table", "rowtime_field",
            "ShardSelector"]
 
 RANK_MARKER = "__ftm_rank"
@@ -61,7 +62,7 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
     pad_fields = [DataTypes.FIELD(RANK_MARKER, DataTypes.INT()),
                   *[DataTypes.FIELD(n, t) for n, t in zip(names, types)]]
     if spec.window_ms is not None:  # the time attribute goes along: records keep event time
-        rowtime, rowtime_type = rowtime_column(table), _rowtime_type(table)
+        rowtime, rowtime_type = rowtime_field(table)
         fields.append(col(rowtime).alias(EVENT_TIME))
         pad_fields.append(DataTypes.FIELD(EVENT_TIME, rowtime_type))
     selected = table.select(*fields)
@@ -78,27 +79,18 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
     return t_env.from_data_stream(versions)
 
 
-def rowtime_column(table: Table) -> Optional[str]:
-    """The name of ``table``'s event-time attribute (a column with a WATERMARK), if any."""
+def rowtime_field(table: Table) -> Optional[Tuple[str, DataType]]:
+    """``table``'s event-time attribute (a column with a WATERMARK) as (name, type for the
+    pads' column: same kind and precision, as Python types would lose the precision and only
+    TIMESTAMP_LTZ(3) converts to a DataStream), or None without one."""
     from pyflink.java_gateway import get_gateway
 
     checks = get_gateway().jvm.org.apache.flink.table.types.logical.utils.LogicalTypeChecks
     for column in table._j_table.getResolvedSchema().getColumns():
-        if checks.isRowtimeAttribute(column.getDataType().getLogicalType()):
-            return column.getName()
-    return None
-
-
-
-def _rowtime_type(table: Table):
-    """The pads' type for the time attribute's column: the same kind and precision (Python
-    types would lose the precision, and only TIMESTAMP_LTZ(3) converts to a DataStream)."""
-    name = rowtime_column(table)
-    for column in table._j_table.getResolvedSchema().getColumns():
-        if column.getName() == name:
-            logical = column.getDataType().getLogicalType()
+        logical = column.getDataType().getLogicalType()
+        if checks.isRowtimeAttribute(logical):
             precision = logical.getPrecision()
             if logical.getTypeRoot().name() == "TIMESTAMP_WITH_LOCAL_TIME_ZONE":
-                return DataTypes.TIMESTAMP_LTZ(precision)
-            return DataTypes.TIMESTAMP(precision)
-    raise ValueError(f"no column {name!r}")
+                return column.getName(), DataTypes.TIMESTAMP_LTZ(precision)
+            return column.getName(), DataTypes.TIMESTAMP(precision)
+    return None

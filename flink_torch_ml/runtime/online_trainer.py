@@ -231,16 +231,19 @@ class OnlineLearner:
         # a window [start, start + size) is complete once the watermark reaches its last ms
         closed = none if all_done else (low if watermark < low + size else
                                         self.window_start(watermark + 1))
+        ready: Dict[int, list] = {}  # this rank's rows of the closed windows, by window
+        waiting = []
+        for row in self.buffer:
+            start = self.window_start(row[2])
+            (ready.setdefault(start, []) if start + size <= closed else waiting).append(row)
+        self.buffer = waiting
         while True:
-            starts = [self.window_start(r[2]) for r in self.buffer]
-            ready = [w for w in starts if w + size <= closed]
             oldest = torch.tensor([min(ready) if ready else none], dtype=torch.int64)
             dist.all_reduce(oldest, op=dist.ReduceOp.MIN)
             window = int(oldest.item())
             if window == none:
                 break
-            rows = [r for r, w in zip(self.buffer, starts) if w == window]
-            self.buffer = [r for r, w in zip(self.buffer, starts) if w != window]
+            rows = ready.pop(window, [])
             total = torch.tensor([len(rows)], dtype=torch.int64)
             dist.all_reduce(total)
             update = self._update(rows, int(total.item()))
