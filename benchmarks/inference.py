@@ -56,8 +56,8 @@ def _time_model(model_dir: str, fmt: str, data: np.ndarray, batch: int, threads:
                 ready=None):
     """Load the saved model with ``threads`` threads, warm it up, wait on ``ready`` (a
     barrier, if given), then run ``data`` through it in batches: (start, end, rows)."""
-    from flink_torch_ml.scoring.runner import ModelRunner
-    from flink_torch_ml.scoring.serialization import read_model_dir
+    from flink_torch_ml.core.runner import ModelRunner
+    from flink_torch_ml.core.serialization import read_model_dir
 
     saved = read_model_dir(model_dir)
     runner = ModelRunner(fmt, saved.model_bytes, saved.spec.feature_cols, num_threads=threads)
@@ -199,7 +199,7 @@ def identity_udf(timing_dir: str):
 
 def transform_udf(model, table, timing_dir: str):
     """PyTorchModel.transform's own UDF (PredictFunction), with timing added around eval."""
-    from flink_torch_ml.scoring.udf import PredictFunction
+    from flink_torch_ml.worker.predict import PredictFunction
     from pyflink.table.udf import udf
 
     class TimedPredict(Timed, PredictFunction):
@@ -265,7 +265,7 @@ def main() -> None:
     from pyflink.table.expressions import col
 
     from flink_torch_ml import PyTorchModel
-    from flink_torch_ml.scoring.serialization import read_model_dir
+    from flink_torch_ml.core.serialization import read_model_dir
 
     t_env = make_env(args)
     models = build_models()

@@ -107,8 +107,8 @@ def flink_floor(rows: int, batch: int) -> float:
     """Rows/s of the online job's shape with a process function that only counts."""
     from pyflink.common import Types
 
-    from flink_torch_ml.runtime.job import stream_shard_keys
-    from flink_torch_ml.runtime.online_job import ShardSelector
+    from flink_torch_ml.client.job import stream_shard_keys
+    from flink_torch_ml.client.online_job import ShardSelector
 
     t_env = create_table_environment("streaming", parallelism=2)
     source(t_env, "floor_rows", f"'number-of-rows' = '{rows}',")

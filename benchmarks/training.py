@@ -111,7 +111,7 @@ def checkpoint_cost(t_env, rows: int, batch: int, epochs: int = 2) -> float:
 def recovery(t_env, rows: int, batch: int) -> dict:
     """A W=2 fit whose rank 1 is killed in epoch 2: seconds from the kill to the client
     noticing (detection), and from there to the new attempt's ranks training again."""
-    from flink_torch_ml.runtime.driver import active_runs
+    from flink_torch_ml.client.run import active_runs
 
     directory = tempfile.mkdtemp(prefix="ftm-bench-ckpt-")
     times = {}

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 from pyflink.table import Table
 
 from .params import WithParams
-from .scoring.serialization import write_flinkml_metadata as _write
+from .core.serialization import write_flinkml_metadata as _write
 
 try:  # pragma: no cover - depends on whether FlinkML's Python package is on the path
     from pyflink.ml.api import Estimator as _FlinkMLEstimator

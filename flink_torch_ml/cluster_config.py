@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import _defaults
 from .data_types import DataType, parse_type_names
-from .runtime import options
+from .client import options
 
 __all__ = ["PyTorchClusterConfig"]
 

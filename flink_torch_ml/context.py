@@ -8,9 +8,9 @@ properties, the worker's shard as a torch Dataset, and a writer back to Flink.
 from typing import Dict, Optional, Tuple
 
 from .cluster_config import PyTorchClusterConfig
-from .runtime.context import NodeContext
-from .runtime.rendezvous import master_endpoint
-from .runtime.shard import DataWriter, FlinkDataset
+from .worker.context import NodeContext
+from .dataplane.rendezvous import master_endpoint
+from .worker.shard import DataWriter, FlinkDataset
 
 __all__ = ["PyTorchContext"]
 

@@ -17,11 +17,11 @@ from pyflink.common import Row
 from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
-from .scoring.batch import feature_array, output_to_series
+from .core.rows import feature_array, output_to_series
 from .errors import SchemaError
 from .model import PyTorchModel
-from .runtime.orphan_guard import start_orphan_guard
-from .runtime.planner import planned
+from .worker.orphan_guard import start_orphan_guard
+from .client.planner import planned
 
 __all__ = ["score_data_stream", "ModelMapFunction"]
 

@@ -23,16 +23,16 @@ from .model import PyTorchModel
 from .params import (BooleanParam, HasBatchSize, HasFeatureCols, HasLabelCol, HasMaxEpochs,
                      HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, IntParam, ObjectParam,
                      ParamValidator, ParamValidators, StringParam)
-from .runtime.driver import DistributedRun
-from .runtime.estimator_entry import EstimatorEntry, ResumeSettings, TrainedResult, \
+from .client.run import DistributedRun
+from .worker.estimator_entry import EstimatorEntry, ResumeSettings, TrainedResult, \
     read_trained, trained_module
-from .runtime.job import results_sink
-from .runtime.progress import EpochPrinter
-from .runtime.protocol import RunStore
-from .runtime.callbacks import Callback, LRScheduler
-from .runtime.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
+from .client.job import results_sink
+from .client.progress import EpochPrinter
+from .dataplane.protocol import RunStore
+from .core.callbacks import Callback, LRScheduler
+from .core.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
     newest_checkpoint
-from .runtime.training import BUILTIN_METRICS, TrainingLoop, TrainSettings
+from .core.engine import BUILTIN_METRICS, TrainingLoop, TrainSettings
 
 __all__ = ["PyTorchEstimator"]
 

@@ -21,13 +21,13 @@ from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaEr
     UnsupportedTypeError
 from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol, IntParam,
                      IntArrayParam, ParamValidators, StringParam)
-from .runtime.planner import planned
-from .scoring.export import FORMATS, export_model, to_torchscript
-from .scoring.runner import ModelRunner
-from .scoring.serialization import SavedModel, read_model_dir, write_model_dir
-from .scoring.online import MODEL_DATA_FIELDS, follow_model_stream
-from .scoring.spec import FeatureSpec, ModelSpec, prediction_type, spec_for_module
-from .scoring.udf import add_prediction_column, predict_udf
+from .client.planner import planned
+from .core.export import FORMATS, export_model, to_torchscript
+from .core.runner import ModelRunner
+from .core.serialization import SavedModel, read_model_dir, write_model_dir
+from .worker.follow import MODEL_DATA_FIELDS, follow_model_stream
+from .core.spec import FeatureSpec, ModelSpec, prediction_type, spec_for_module
+from .worker.predict import add_prediction_column, predict_udf
 
 __all__ = ["PyTorchModel", "register_model_function"]
 

@@ -22,12 +22,12 @@ from .model import PyTorchModel
 from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
                      HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
                      StringParam)
-from .runtime.driver import host_rendezvous
-from .runtime.job import check_environment
-from .runtime.online_job import model_data_table, rowtime_field
-from .runtime.online_trainer import OnlineSpec
-from .runtime.rendezvous import RendezvousServer
-from .scoring.spec import spec_for_module
+from .client.run import host_rendezvous
+from .client.job import check_environment
+from .client.online_job import model_data_table, rowtime_field
+from .worker.online_trainer import OnlineSpec
+from .dataplane.rendezvous import RendezvousServer
+from .core.spec import spec_for_module
 
 __all__ = ["OnlinePyTorchEstimator"]
 

@@ -13,8 +13,8 @@ from pyflink.table.expressions import col
 from .cluster_config import PyTorchClusterConfig
 from .data_types import DataType
 from .errors import SchemaError
-from .runtime.driver import DistributedRun
-from .runtime.job import explode_rows_udtf, results_sink
+from .client.run import DistributedRun
+from .client.job import explode_rows_udtf, results_sink
 
 __all__ = ["train", "inference"]
 

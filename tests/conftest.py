@@ -20,7 +20,7 @@ def stream_env():
 def _planner_ready(request):
     """Tests run the library (and PyFlink) from several threads; a planner call that lands
     on a py4j thread without Calcite's providers breaks the planner for every later test
-    (FLINK-23020, see flink_torch_ml/runtime/planner.py). Repair it before each test."""
+    (FLINK-23020, see flink_torch_ml/client/planner.py). Repair it before each test."""
     from flink_torch_ml import prepare_planner
     for name in ("stream_env", "batch_env"):
         if name in request.fixturenames:

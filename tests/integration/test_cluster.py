@@ -157,7 +157,7 @@ def test_more_workers_than_slots_fails_clearly_on_the_cluster(cluster, tmp_path)
 def test_a_fit_survives_a_lost_task_manager_and_its_replacement(cluster, tmp_path):
     """max_failures: a TaskManager killed mid-fit; the test starts a replacement; the client
     resubmits and the workers resume from the newest checkpoint."""
-    from flink_torch_ml.runtime.checkpoint import newest_checkpoint
+    from flink_torch_ml.core.checkpoint import newest_checkpoint
 
     out, checkpoints = tmp_path / "fit.json", tmp_path / "ckpt"
     job = cluster.submit("fit-resilient", str(out), str(checkpoints))

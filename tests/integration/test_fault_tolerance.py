@@ -19,8 +19,8 @@ from torch import nn
 
 from flink_torch_ml import (CheckpointError, EarlyStopping, PyTorchClusterConfig,
                             PyTorchContext, PyTorchEstimator, WorkerError, pytorch_utils)
-from flink_torch_ml.runtime.checkpoint import newest_checkpoint
-from flink_torch_ml.runtime.driver import active_runs
+from flink_torch_ml.core.checkpoint import newest_checkpoint
+from flink_torch_ml.client.run import active_runs
 from tests.models import DropoutNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

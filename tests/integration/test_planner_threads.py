@@ -14,7 +14,7 @@ from pyflink.java_gateway import get_gateway
 from torch import nn
 
 from flink_torch_ml import PyTorchEstimator
-from flink_torch_ml.runtime.planner import planned, prepare_planner
+from flink_torch_ml.client.planner import planned, prepare_planner
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from flink_torch_ml import (PyTorchClusterConfig, PyTorchContext, SchemaError, WorkerError,
                             create_table_environment, pytorch_utils)
-from flink_torch_ml.runtime.driver import active_runs
+from flink_torch_ml.client.run import active_runs
 from flink_torch_ml._compat import table_columns
 from tests.processes import describe_process, python_workers
 

@@ -13,7 +13,7 @@ import threading
 import time
 
 from flink_torch_ml import PyTorchClusterConfig, PyTorchContext, pytorch_utils
-from flink_torch_ml.runtime.driver import active_runs
+from flink_torch_ml.client.run import active_runs
 from tests.processes import python_workers
 
 

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.scoring.batch import feature_array, output_to_series
-from flink_torch_ml.scoring.spec import FeatureSpec, ModelSpec
+from flink_torch_ml.core.rows import feature_array, output_to_series
+from flink_torch_ml.core.spec import FeatureSpec, ModelSpec
 
 
 def scalar(name="x", dtype="float32", data_type=DataType.FLOAT_64):
@@ -72,7 +72,7 @@ def test_output_to_series_scalar_and_array():
 
 
 def test_invalid_rows_finds_null_nan_and_bad_arrays():
-    from flink_torch_ml.scoring.batch import invalid_rows
+    from flink_torch_ml.core.rows import invalid_rows
 
     spec = ModelSpec((scalar("x"), array("v", 2)), "p", DataType.FLOAT_64, 1)
     x = pd.Series([1.0, None, float("nan"), 4.0, 5.0, 6.0, 7.0])
@@ -85,7 +85,7 @@ def test_invalid_rows_finds_null_nan_and_bad_arrays():
 def test_spread_output_puts_null_where_rows_were_skipped(values, dtype):
     import pyarrow as pa
 
-    from flink_torch_ml.scoring.batch import spread_output
+    from flink_torch_ml.core.rows import spread_output
 
     keep = np.array([True, False, True, False])
     full = spread_output(pd.Series(np.array(values, dtype=dtype)), keep)
@@ -95,9 +95,9 @@ def test_spread_output_puts_null_where_rows_were_skipped(values, dtype):
 
 
 def _skipping_udf(module, spec):
-    from flink_torch_ml.scoring.export import to_torchscript
-    from flink_torch_ml.scoring.runner import ModelRunner
-    from flink_torch_ml.scoring.udf import PredictFunction
+    from flink_torch_ml.core.export import to_torchscript
+    from flink_torch_ml.core.runner import ModelRunner
+    from flink_torch_ml.worker.predict import PredictFunction
 
     runner = ModelRunner("torchscript", to_torchscript(module, spec.sample_inputs()),
                          spec.feature_cols, num_threads=1)

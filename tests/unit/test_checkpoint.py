@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flink_torch_ml import CheckpointError
-from flink_torch_ml.runtime.checkpoint import (check_compatible, ensure_writable,
+from flink_torch_ml.core.checkpoint import (check_compatible, ensure_writable,
                                                find_checkpoints, load_checkpoint_state,
                                                newest_checkpoint, parameter_shapes,
                                                write_checkpoint)

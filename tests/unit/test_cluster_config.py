@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from flink_torch_ml import DataType, PyTorchClusterConfig, UnsupportedTypeError, WorkerError
-from flink_torch_ml.runtime.job_spec import JobSpec
-from flink_torch_ml.runtime.rendezvous import RendezvousInfo
-from flink_torch_ml.runtime.wire import Security, new_secret
-from flink_torch_ml.runtime.worker import run_node
+from flink_torch_ml.worker.job_spec import JobSpec
+from flink_torch_ml.dataplane.rendezvous import RendezvousInfo
+from flink_torch_ml.dataplane.wire import Security, new_secret
+from flink_torch_ml.worker.node import run_node
 
 
 def entry(context):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.runtime.columns import (column_shapes, columns_from_pandas, concat_columns,
+from flink_torch_ml.dataplane.columns import (column_shapes, columns_from_pandas, concat_columns,
                                             conform_empty, decode_columns, empty_columns,
                                             encode_columns)
 

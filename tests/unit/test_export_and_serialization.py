@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from flink_torch_ml import ChecksumMismatchError, DataType, ModelExportError, ModelFormatError
-from flink_torch_ml.scoring.export import check_onnx, to_onnx, to_torchscript
-from flink_torch_ml.scoring.runner import ModelRunner
-from flink_torch_ml.scoring.serialization import read_model_dir, write_model_dir
-from flink_torch_ml.scoring.spec import FeatureSpec, ModelSpec
+from flink_torch_ml.core.export import check_onnx, to_onnx, to_torchscript
+from flink_torch_ml.core.runner import ModelRunner
+from flink_torch_ml.core.serialization import read_model_dir, write_model_dir
+from flink_torch_ml.core.spec import FeatureSpec, ModelSpec
 from tests.models import MixedClassifier
 
 SPEC = ModelSpec((FeatureSpec("x", DataType.FLOAT_64, 1, "float32"),

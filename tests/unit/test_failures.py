@@ -4,7 +4,7 @@ import pytest
 
 from flink_torch_ml import InvalidDataError, SchemaError, TaskManagerLostError, WorkerError
 from flink_torch_ml.errors import worker_error_class
-from flink_torch_ml.runtime import failures
+from flink_torch_ml.client import failures
 
 TRACE = "org.apache.flink.runtime.JobException: Recovery is suppressed\n\tat org.foo(Bar.java:1)\n"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flink_torch_ml import FeedError
-from flink_torch_ml.runtime.feed import FeedSender, FeedServer, LivenessWatch, \
+from flink_torch_ml.dataplane.feed import FeedSender, FeedServer, LivenessWatch, \
     connect_authenticated
-from flink_torch_ml.runtime.wire import Security, new_secret, send_frame
+from flink_torch_ml.dataplane.wire import Security, new_secret, send_frame
 
 SECURITY = Security(new_secret())
 

@@ -1,4 +1,4 @@
-"""TensorBoardLogger and MLflowLogger (runtime/loggers.py) without Flink: fits of one
+"""TensorBoardLogger and MLflowLogger (core/loggers.py) without Flink: fits of one
 in-process worker, read back with TensorBoard's EventAccumulator and MlflowClient."""
 
 import copy
@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from flink_torch_ml import MLflowLogger, TensorBoardLogger
-from flink_torch_ml.runtime import loggers
-from flink_torch_ml.runtime.checkpoint import newest_checkpoint
-from flink_torch_ml.runtime.estimator_entry import _save
-from flink_torch_ml.runtime.training import TrainSettings, fit_worker
-from flink_torch_ml.scoring.serialization import read_model_dir
+from flink_torch_ml.core import loggers
+from flink_torch_ml.core.checkpoint import newest_checkpoint
+from flink_torch_ml.worker.estimator_entry import _save
+from flink_torch_ml.core.engine import TrainSettings, fit_worker
+from flink_torch_ml.core.serialization import read_model_dir
 from tests.models import ScalarRegressor
 from tests.unit.test_training_loop import FailAt
 

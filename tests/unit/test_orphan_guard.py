@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from flink_torch_ml.runtime import orphan_guard
+from flink_torch_ml.worker import orphan_guard
 
 
 def test_parent_of_and_alive_for_running_processes():
@@ -45,7 +45,7 @@ if sys.argv[1] == "parent":
     time.sleep(600)
 else:
     sys.path.insert(0, {os.getcwd()!r})
-    from flink_torch_ml.runtime.orphan_guard import start_orphan_guard
+    from flink_torch_ml.worker.orphan_guard import start_orphan_guard
     start_orphan_guard(depth=1, interval=0.2, grace=0.2)
     open(sys.argv[0] + ".ready", "w").close()
     time.sleep(600)

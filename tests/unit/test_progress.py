@@ -8,11 +8,11 @@ import time
 import pytest
 
 from flink_torch_ml import Callback
-from flink_torch_ml.runtime.progress import EpochPrinter, interactive
-from flink_torch_ml.runtime.protocol import RunStore
-from flink_torch_ml.runtime.store import StoreClient, StoreServer
-from flink_torch_ml.runtime.training import fit_worker
-from flink_torch_ml.runtime.wire import Security, new_secret
+from flink_torch_ml.client.progress import EpochPrinter, interactive
+from flink_torch_ml.dataplane.protocol import RunStore
+from flink_torch_ml.dataplane.store import StoreClient, StoreServer
+from flink_torch_ml.core.engine import fit_worker
+from flink_torch_ml.dataplane.wire import Security, new_secret
 from tests.unit.test_training_loop import data, settings
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from flink_torch_ml import RendezvousTimeoutError, WorkerError
-from flink_torch_ml.runtime.protocol import FEED, RunStore, wait_until
-from flink_torch_ml.runtime.store import StoreClient, StoreServer
-from flink_torch_ml.runtime.wire import Security, new_secret
-from flink_torch_ml.runtime.worker import WorkerRun
+from flink_torch_ml.dataplane.protocol import FEED, RunStore, wait_until
+from flink_torch_ml.dataplane.store import StoreClient, StoreServer
+from flink_torch_ml.dataplane.wire import Security, new_secret
+from flink_torch_ml.worker.node import WorkerRun
 
 SECURITY = Security(new_secret())
 

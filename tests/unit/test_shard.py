@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.runtime.shard import DataWriter, FlinkDataset, Shard, balance_plan
+from flink_torch_ml.worker.shard import DataWriter, FlinkDataset, Shard, balance_plan
 
 
 @pytest.mark.parametrize("counts", [[10, 0], [0, 0], [5, 5], [7, 2, 0], [1, 1, 9, 0],

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from flink_torch_ml import RendezvousError
-from flink_torch_ml.runtime.store import StoreClient, StoreServer, torch_store
-from flink_torch_ml.runtime.wire import Security, client_handshake, new_secret, send_frame
+from flink_torch_ml.dataplane.store import StoreClient, StoreServer, torch_store
+from flink_torch_ml.dataplane.wire import Security, client_handshake, new_secret, send_frame
 
 SECURITY = Security(new_secret(), max_frame_bytes=1 << 20)
 

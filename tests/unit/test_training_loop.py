@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from flink_torch_ml import Callback, EarlyStopping, InvalidDataError, LRScheduler, TrainingLoop
-from flink_torch_ml.runtime.checkpoint import newest_checkpoint
-from flink_torch_ml.runtime.store import StoreClient, StoreServer, torch_store
-from flink_torch_ml.runtime.training import TrainSettings, fit_worker, state_from_bytes
-from flink_torch_ml.runtime.wire import Security, new_secret
+from flink_torch_ml.core.checkpoint import newest_checkpoint
+from flink_torch_ml.dataplane.store import StoreClient, StoreServer, torch_store
+from flink_torch_ml.core.engine import TrainSettings, fit_worker, state_from_bytes
+from flink_torch_ml.dataplane.wire import Security, new_secret
 from tests.models import DropoutNet
 
 

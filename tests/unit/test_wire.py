@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from flink_torch_ml import AuthenticationError, FrameError
-from flink_torch_ml.runtime.wire import (Security, client_handshake, new_secret, recv_frame,
+from flink_torch_ml.dataplane.wire import (Security, client_handshake, new_secret, recv_frame,
                                          send_frame, serve_handshake)
 
 SECURITY = Security(new_secret(), max_frame_bytes=1 << 20)
@@ -129,7 +129,7 @@ def test_servers_reply_without_waiting_for_nagle():
     """Accepted connections have TCP_NODELAY: a request/reply protocol whose replies are
     small writes otherwise waits for the peer's delayed ACK (40 ms a request on Linux; it
     made every store operation, and so ingest, that slow)."""
-    from flink_torch_ml.runtime.wire import AuthenticatedServer
+    from flink_torch_ml.dataplane.wire import AuthenticatedServer
 
     seen = {}
 

@@ -14,16 +14,16 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import CheckpointError
-from ..scoring.export import export_model
-from ..scoring.serialization import write_model_dir
-from ..scoring.spec import spec_for_module
-from .checkpoint import Checkpoint, newest_checkpoint, verified_checkpoint
+from ..core.export import export_model
+from ..core.serialization import write_model_dir
+from ..core.spec import spec_for_module
+from ..core.checkpoint import Checkpoint, newest_checkpoint, verified_checkpoint
 from .context import NodeContext
-from .protocol import RunStore
-from .store import torch_store
-from .training import TrainSettings, fit_worker, state_from_bytes
+from ..dataplane.protocol import RunStore
+from ..dataplane.store import torch_store
+from ..core.engine import TrainSettings, fit_worker, state_from_bytes
 
 __all__ = ["EstimatorEntry", "TrainedResult", "read_trained", "trained_module"]
 

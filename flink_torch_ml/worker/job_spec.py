@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from ..data_types import DataType
-from .rendezvous import RendezvousInfo
+from ..core.types import DataType
+from ..dataplane.rendezvous import RendezvousInfo
 
 __all__ = ["JobSpec"]
 

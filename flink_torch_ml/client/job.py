@@ -23,10 +23,10 @@ from pyflink.table.udf import udaf, udf, udtf
 
 from .._compat import table_columns
 from .._defaults import ARROW_BATCH_ROWS, MAX_PARALLELISM, TIMEOUT
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import SchemaError
-from .job_spec import JobSpec
-from .operators import ExplodeRows, FeedFunction, NodeFunction
+from ..worker.job_spec import JobSpec
+from ..worker.operators import ExplodeRows, FeedFunction, NodeFunction
 from .planner import planned
 
 __all__ = ["check_environment", "configure_job", "shard_keys", "stream_shard_keys",

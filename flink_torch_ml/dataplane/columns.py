@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import InvalidDataError
 
 __all__ = ["Columns", "columns_from_pandas", "empty_columns", "column_shapes",

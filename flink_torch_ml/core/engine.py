@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._defaults import TIMEOUT
-from ..data_types import DataType
+from .types import DataType
 from ..errors import InvalidDataError
 from .callbacks import Callback, LRScheduler
 from .checkpoint import Checkpoint, check_compatible, load_checkpoint_state, parameter_shapes, \

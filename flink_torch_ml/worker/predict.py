@@ -13,12 +13,12 @@ from pyflink.table import Table
 from pyflink.table.expressions import col
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
-from ..runtime.metrics import metric_group
-from ..runtime.orphan_guard import start_orphan_guard
+from .metrics import metric_group
+from .orphan_guard import start_orphan_guard
 from ..errors import InvalidDataError
-from .batch import features_to_arrays, invalid_rows, output_to_series, spread_output
-from .runner import ModelRunner
-from .spec import ModelSpec
+from ..core.rows import features_to_arrays, invalid_rows, output_to_series, spread_output
+from ..core.runner import ModelRunner
+from ..core.spec import ModelSpec
 
 __all__ = ["PredictFunction", "ScoringMetrics", "predict_udf", "add_prediction_column"]
 

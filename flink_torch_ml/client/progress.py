@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any, Dict, Optional, TextIO
 
-from .protocol import RunStore
+from ..dataplane.protocol import RunStore
 
 __all__ = ["EpochPrinter", "interactive"]
 

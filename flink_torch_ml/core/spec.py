@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..data_types import DataType
+from .types import DataType
 from ..errors import SchemaError, UnsupportedTypeError
 
 __all__ = ["FeatureSpec", "ModelSpec", "spec_for_module", "prediction_type",

@@ -4,8 +4,8 @@
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..data_types import DataType
-from .protocol import RunStore
+from ..core.types import DataType
+from ..dataplane.protocol import RunStore
 from .shard import DataWriter, Shard
 
 __all__ = ["NodeContext"]

@@ -16,18 +16,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from pyflink.table import Table
 
 from .._defaults import CRASH_REPORT_GRACE, DEPLOYMENT_GRACE, PEER_ERROR_GRACE, TIMEOUT
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import RendezvousError, TaskManagerLostError, WorkerError, WorkerLostError, \
     is_retriable, worker_error_class
 from . import failures, options
-from .feed import LivenessWatch
+from ..dataplane.feed import LivenessWatch
 from .job import check_environment, check_input_types, configure_job, is_local, \
     node_results_table, shard_keys
-from .job_spec import JobSpec
+from ..worker.job_spec import JobSpec
 from .planner import planned, prepare_planner
-from .protocol import RunStore, wait_until
-from .rendezvous import RendezvousServer
-from .wire import DEFAULT_MAX_FRAME_BYTES, Security, new_secret
+from ..dataplane.protocol import RunStore, wait_until
+from ..dataplane.rendezvous import RendezvousServer
+from ..dataplane.wire import DEFAULT_MAX_FRAME_BYTES, Security, new_secret
 
 __all__ = ["DistributedRun", "active_runs", "shipped_by_value", "host_rendezvous"]
 

@@ -17,16 +17,16 @@ from typing import Callable, Dict, List, Optional, Union
 
 from .._defaults import ORPHANED_WORKER_GRACE, PEER_ERROR_GRACE
 from ..errors import WorkerError
-from .columns import Columns, column_shapes, concat_columns, conform_empty, decode_columns, \
+from ..dataplane.columns import Columns, column_shapes, concat_columns, conform_empty, decode_columns, \
     encode_columns, sort_by_content
 from .context import NodeContext
-from .failures import lost_peer
+from ..client.failures import lost_peer
 from .job_spec import JobSpec
 from .orphan_guard import start_orphan_guard, write_stderr
-from .protocol import RunStore, wait_until
-from .rendezvous import connect
+from ..dataplane.protocol import RunStore, wait_until
+from ..dataplane.rendezvous import connect
 from .shard import DataWriter, Shard, balance_plan
-from .store import StoreClient, torch_store
+from ..dataplane.store import StoreClient, torch_store
 
 __all__ = ["WorkerRun", "run_node", "managed_process_group"]
 

@@ -23,14 +23,14 @@ from pyflink.table.udf import AggregateFunction, ScalarFunction, TableFunction
 
 from .._compat import subtask_index
 from ..errors import WorkerError
-from .columns import columns_from_pandas, empty_columns
-from .feed import FeedSender, FeedServer
+from ..dataplane.columns import columns_from_pandas, empty_columns
+from ..dataplane.feed import FeedSender, FeedServer
 from .job_spec import JobSpec
 from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
-from .protocol import FEED, RunStore, wait_until
-from .rendezvous import connect, local_address_towards
-from .worker import run_node
+from ..dataplane.protocol import FEED, RunStore, wait_until
+from ..dataplane.rendezvous import connect, local_address_towards
+from .node import run_node
 
 __all__ = ["FeedFunction", "NodeFunction", "ExplodeRows"]
 

@@ -14,8 +14,8 @@ from pyflink.table.expressions import col, lit
 
 from .._compat import table_columns
 from .._defaults import MAX_PARALLELISM
-from .online_trainer import VERSION_FIELDS, OnlineSpec, OnlineTrainer
-from .driver import shipped_by_value
+from ..worker.online_trainer import VERSION_FIELDS, OnlineSpec, OnlineTrainer
+from .run import shipped_by_value
 from .job import default_python_executable, stream_shard_keys
 from .planner import planned
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import InvalidDataError
-from .columns import Columns
+from ..dataplane.columns import Columns
 
 __all__ = ["Shard", "FlinkDataset", "DataWriter", "balance_plan"]
 

@@ -19,13 +19,13 @@ from pyflink.table import Table
 from pyflink.table.expressions import col
 
 from .._compat import table_columns
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import InvalidDataError, ModelFormatError
-from ..runtime.metrics import metric_group
-from ..runtime.orphan_guard import start_orphan_guard
-from ..runtime.planner import planned
-from .runner import ModelRunner
-from .spec import ModelSpec
+from .metrics import metric_group
+from .orphan_guard import start_orphan_guard
+from ..client.planner import planned
+from ..core.runner import ModelRunner
+from ..core.spec import ModelSpec
 
 __all__ = ["FollowModelStream", "follow_model_stream", "stream_type_of",
            "prediction_type_info", "MODEL_DATA_FIELDS"]

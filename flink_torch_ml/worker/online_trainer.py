@@ -38,15 +38,15 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction
 from pyflink.datastream.state import ValueStateDescriptor
 
-from ..data_types import DataType
+from ..core.types import DataType
 from ..errors import InvalidDataError, WorkerError
-from .failures import lost_peer
+from ..client.failures import lost_peer
 from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
-from .protocol import RunStore
-from .rendezvous import RendezvousInfo, connect
-from .store import torch_store
-from .training import _model_dtype, _tensor
+from ..dataplane.protocol import RunStore
+from ..dataplane.rendezvous import RendezvousInfo, connect
+from ..dataplane.store import torch_store
+from ..core.engine import _model_dtype, _tensor
 
 __all__ = ["OnlineSpec", "OnlineLearner", "OnlineTrainer", "allocate", "VERSION_FIELDS",
            "END_OF_INPUT"]
@@ -308,8 +308,8 @@ class OnlineLearner:
 
 
 def _torchscript(model: torch.nn.Module, spec_json: Dict[str, Any]) -> bytes:
-    from ..scoring.export import to_torchscript
-    from ..scoring.spec import ModelSpec
+    from ..core.export import to_torchscript
+    from ..core.spec import ModelSpec
 
     was_training = model.training
     try:
