@@ -39,7 +39,8 @@ _EXPORTS = {
     "TensorBoardLogger": ".core.loggers",
     "TrainingLoop": ".core.engine",
     **{name: ".errors" for name in (
-        "AuthenticationError", "CheckpointError", "ChecksumMismatchError", "FeedError",
+        "AuthenticationError", "CheckpointError", "ChecksumMismatchError", "ConfigurationError",
+        "FeedError",
         "FlinkTorchMLError", "FrameError", "InvalidDataError", "ModelExportError",
         "ModelFormatError", "NotFittedError", "ProtocolError", "RendezvousError",
         "RendezvousTimeoutError", "SchemaError", "TaskManagerLostError",
@@ -99,6 +100,7 @@ __all__ = [
     "FrameError",
     "AuthenticationError",
     "FlinkTorchMLError",
+    "ConfigurationError",
     "SchemaError",
     "UnsupportedTypeError",
     "InvalidDataError",

@@ -1,6 +1,9 @@
-"""The data types that cross between Flink and PyTorch (``DataType``, and parsing a list of
-type names), as the public API names them; the table itself is in ``core/types.py``."""
+"""The data types that cross between Flink and PyTorch, as the public API names them: the
+``DataType`` table (``core/types.py``), parsing a list of type names, and a Flink type's short
+name (``client/schema.py``)."""
 
-from .core.types import DataType, flink_type_to_string, parse_type_names, type_names
+from .client.schema import data_type_of, flink_type, flink_type_to_string
+from .core.types import DataType, parse_type_names, type_names
 
-__all__ = ["DataType", "parse_type_names", "type_names", "flink_type_to_string"]
+__all__ = ["DataType", "parse_type_names", "type_names", "flink_type", "data_type_of",
+           "flink_type_to_string"]

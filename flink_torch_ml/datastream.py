@@ -12,12 +12,12 @@ latency for throughput). ``ModelMapFunction`` is the seed demo's RichMapFunction
 from typing import Any, List, Optional, Union
 
 import numpy as np
-import pandas as pd
 from pyflink.common import Row
 from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 from pyflink.table import StreamTableEnvironment
 
-from .core.rows import feature_array, output_to_series
+from .core.rows import check_rows, feature_arrays
+from .core.runner import prediction_values
 from .errors import SchemaError
 from .model import PyTorchModel
 from .worker.orphan_guard import start_orphan_guard
@@ -109,9 +109,7 @@ class ModelMapFunction(MapFunction):
         rows = len(columns[0])
         if rows == 0:
             return []
-        arrays = [feature_array(pd.Series(c, dtype=object if f.data_type.is_array else None),
-                                f) for c, f in zip(columns, self._spec.features)]
-        series = output_to_series(self._runner.predict(arrays), rows, self._spec)
-        if self._spec.prediction_type.is_array:
-            return [np.asarray(v).tolist() for v in series]
-        return series.tolist()
+        features = self._spec.features
+        check_rows(columns, features, "filter such elements before scoring")
+        output = self._runner.predict(feature_arrays(columns, features))
+        return prediction_values(output, rows, self._spec).tolist()

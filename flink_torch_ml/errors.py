@@ -14,6 +14,11 @@ class FlinkTorchMLError(Exception):
     """Base class of every error raised by flink-torch-ml."""
 
 
+class ConfigurationError(FlinkTorchMLError, ValueError, TypeError):
+    """An estimator or model is not configured to run (a missing model, loss, optimizer
+    creator, feature or label column); the message lists every problem at once."""
+
+
 class SchemaError(FlinkTorchMLError, ValueError):
     """A column is missing, has an unsupported type, or would be overwritten; or the input
     table cannot be used as it is (unbounded, updating)."""

@@ -9,21 +9,21 @@ import os
 import pickle
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from pyflink.table import StatementSet, Table
 from pyflink.table.expressions import col
 
-from ._compat import table_columns
 from .api import Estimator, write_flinkml_metadata
 from .data_types import DataType
-from .errors import CheckpointError, SchemaError, UnsupportedTypeError
+from .errors import CheckpointError, ConfigurationError, UnsupportedTypeError
 from .model import PyTorchModel
 from .params import (BooleanParam, HasBatchSize, HasFeatureCols, HasLabelCol, HasMaxEpochs,
                      HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, IntParam, ObjectParam,
                      ParamValidator, ParamValidators, StringParam)
 from .client.run import DistributedRun
+from .client.schema import checked_columns
 from .worker.estimator_entry import EstimatorEntry, ResumeSettings, TrainedResult, \
     read_trained, trained_module
 from .client.job import results_sink
@@ -32,43 +32,34 @@ from .dataplane.protocol import RunStore
 from .core.callbacks import Callback, LRScheduler
 from .core.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
     newest_checkpoint
-from .core.engine import BUILTIN_METRICS, TrainingLoop, TrainSettings
+from .core.engine import BUILTIN_METRICS, TrainingLoop, TrainSettings, resolve_metrics
 
 __all__ = ["PyTorchEstimator"]
 
 log = logging.getLogger("flink_torch_ml")
 
-_FEATURE_TYPES = {DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32, DataType.INT_64,
-                  DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY}
-
-
-def training_column_types(table: Table, features: Sequence[str], label: str,
-                          extra: Sequence[str] = ()):
-    """Check a training table: the feature, label and ``extra`` columns exist, the label is
-    not a feature, features and label have trainable types. Returns ({column: Flink type},
-    the features' DataTypes, the label's DataType)."""
-    names, flink_types = table_columns(table)
-    types = dict(zip(names, flink_types))
-    missing = [c for c in [*features, label, *extra] if c not in types]
-    if missing:
-        raise SchemaError(f"Column(s) {', '.join(map(repr, missing))} not found in the "
-                          f"table; its columns are: {', '.join(names)}")
-    if label in features:
-        raise SchemaError(f"label_col {label!r} is also a feature column")
-    feature_types = []
-    for c in features:
-        data_type = DataType.from_flink(types[c], c)
-        if data_type not in _FEATURE_TYPES:
-            raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
-                                       f"features must be FLOAT, DOUBLE, INT, BIGINT, "
-                                       f"ARRAY<FLOAT> or ARRAY<DOUBLE>")
-        feature_types.append(data_type)
-    label_type = DataType.from_flink(types[label], label)
-    if label_type not in _FEATURE_TYPES:
-        raise UnsupportedTypeError(f"Label column {label!r} is {label_type.type_name}; a "
-                                   f"label must be a float or integer scalar or a float "
-                                   f"array")
-    return types, feature_types, label_type
+def check_training_params(stage) -> Tuple[torch.nn.Module, Callable, Callable]:
+    """What every estimator needs before it reads a table: a module, a loss, an optimizer
+    creator, feature and label columns. One ConfigurationError lists every problem."""
+    problems = []
+    model, loss = stage.get(stage.MODEL), stage.get(stage.LOSS)
+    optimizer_creator = stage.get(stage.OPTIMIZER_CREATOR)
+    if not isinstance(model, torch.nn.Module):
+        problems.append(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss):
+        problems.append("loss must be callable, e.g. torch.nn.MSELoss()")
+    if not callable(optimizer_creator):
+        problems.append("optimizer_creator must be a callable taking the model and "
+                        "returning an optimizer")
+    if not stage.get(stage.FEATURE_COLS):
+        problems.append("feature_cols is not set: name the input columns in the order "
+                        "forward() takes them")
+    if not stage.get(stage.LABEL_COL):
+        problems.append("label_col is not set: name the column holding the label")
+    if problems:
+        raise ConfigurationError(f"{type(stage).__name__} is not configured: "
+                                 + "; ".join(problems))
+    return model, loss, optimizer_creator
 
 
 def _is_validation(value) -> bool:
@@ -316,38 +307,18 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
 
     def _settings(self, table: Table):
         """Validate params against the table; the settings shipped to the workers."""
-        problems = []
-        model, loss = self.get(self.MODEL), self.get(self.LOSS)
-        optimizer_creator = self.get(self.OPTIMIZER_CREATOR)
-        if not isinstance(model, torch.nn.Module):
-            problems.append(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss):
-            problems.append("loss must be callable, e.g. torch.nn.MSELoss()")
-        if not callable(optimizer_creator):
-            problems.append("optimizer_creator must be a callable taking the model and "
-                            "returning an optimizer")
-        features = self.get(self.FEATURE_COLS)
-        label = self.get(self.LABEL_COL)
-        if not features:
-            problems.append("feature_cols is not set")
-        if not label:
-            problems.append("label_col is not set")
-        if problems:
-            raise ValueError("PyTorchEstimator is not configured: " + "; ".join(problems))
+        model, loss, optimizer_creator = check_training_params(self)
+        features, label = self.get(self.FEATURE_COLS), self.get(self.LABEL_COL)
         validation = self.get(self.VALIDATION)
         extra = [validation] if isinstance(validation, str) else []
-        types, data_types, label_type = training_column_types(table, features, label, extra)
+        data_types, label_type, types = checked_columns(table, features, label, extra)
         wanted = list(features) + [label] + extra
         feature_types = [t.type_name for t in data_types]
         if isinstance(validation, str):
             from pyflink.table.types import BooleanType
             if not isinstance(types[validation], BooleanType):
                 raise UnsupportedTypeError(f"Validation column {validation!r} must be BOOLEAN")
-        metrics = self.get(self.METRICS) or {}
-        if not isinstance(metrics, dict):
-            metrics = {m: m for m in metrics}
-        metrics = {n: (BUILTIN_METRICS[m] if isinstance(m, str) else m)
-                   for n, m in metrics.items()}
+        metrics = resolve_metrics(self.get(self.METRICS))
         callbacks = list(self.get_callbacks() or [])
         if self.get_lr_scheduler_creator() is not None:
             callbacks.append(LRScheduler(self.get_lr_scheduler_creator()))

@@ -25,9 +25,10 @@ from .client.planner import planned
 from .core.export import FORMATS, export_model, to_torchscript
 from .core.runner import ModelRunner
 from .core.serialization import SavedModel, read_model_dir, write_model_dir
-from .worker.follow import MODEL_DATA_FIELDS, follow_model_stream
+from .worker.follow import MODEL_DATA_FIELDS
 from .core.spec import FeatureSpec, ModelSpec, prediction_type, spec_for_module
-from .worker.predict import add_prediction_column, predict_udf
+from .client.scoring_job import add_prediction_column, follow_model_stream, predict_udf
+from .client.schema import checked_columns
 
 __all__ = ["PyTorchModel", "register_model_function"]
 
@@ -415,24 +416,8 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
 
 
 def _check_columns(table: Table, cols: Sequence[str], prediction_col: str) -> List[DataType]:
-    names, flink_types = table_columns(table)
-    types = dict(zip(names, flink_types))
-    missing = [c for c in cols if c not in types]
-    if missing:
-        raise SchemaError(f"Feature column(s) {', '.join(map(repr, missing))} not found in the "
-                          f"table; its columns are: {', '.join(names)}")
-    if prediction_col in types:
-        raise SchemaError(f"The table already has a column {prediction_col!r}; set "
-                          f"prediction_col to a new name")
-    column_types = []
-    for c in cols:
-        data_type = DataType.from_flink(types[c], c)
-        if not data_type.is_numeric:
-            raise UnsupportedTypeError(f"Feature column {c!r} is {data_type.type_name}; "
-                                       f"features must be "
-                                       f"FLOAT, DOUBLE, INT, BIGINT, ARRAY<FLOAT> or ARRAY<DOUBLE>")
-        column_types.append(data_type)
-    return column_types
+    """The feature columns' types, by the one column rule (core.rows.check_columns)."""
+    return checked_columns(table, cols, outputs=[(prediction_col, "prediction_col")])[0]
 
 
 def _infer_widths(table: Optional[Table], cols, column_types) -> List[int]:

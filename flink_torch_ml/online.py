@@ -14,10 +14,13 @@ from pyflink.table import Table
 
 from ._defaults import ONLINE_BUNDLE_TIME_MS, ONLINE_HEARTBEAT_MS
 from .api import Estimator
+from .core.callbacks import Callback
+from .core.engine import TrainingLoop
 from .data_types import DataType
 from .errors import SchemaError
-from .estimator import (PyTorchEstimator, load_estimator, save_estimator,
-                        training_column_types)
+from .client.schema import checked_columns
+from .estimator import PyTorchEstimator, check_training_params, load_estimator, \
+    save_estimator
 from .model import PyTorchModel
 from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
                      HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
@@ -25,7 +28,8 @@ from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, Has
 from .client.run import host_rendezvous
 from .client.job import check_environment
 from .client.online_job import model_data_table, rowtime_field
-from .worker.online_trainer import OnlineSpec
+from .core.online import OnlineSpec
+from .core.engine import resolve_metrics
 from .dataplane.rendezvous import RendezvousServer
 from .core.spec import spec_for_module
 
@@ -43,6 +47,11 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     make one optimizer step and one new model version; or, with ``window_ms``, the rows of
     each event-time tumbling window (the table needs a time attribute).
 
+    Each update runs the same ``TrainingLoop`` steps as a batch fit: a ``training_loop``
+    subclass's ``train_step`` and ``callbacks`` apply (``on_update_end(version, logs)`` per
+    version; ``TensorBoardLogger``/``MLflowLogger`` record each version), and ``metrics`` are
+    computed on each update's rows before it trains on them (prequential).
+
     ``fit(table)`` returns a PyTorchModel whose ``get_model_data()`` is the unbounded table
     ``(modelVersion BIGINT, versionTime BIGINT (ms), format STRING, model BYTES, spec STRING,
     rowsTrained BIGINT, loss DOUBLE)`` and whose ``transform`` scores each row with the
@@ -51,6 +60,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     MODEL = PyTorchEstimator.MODEL
     LOSS = PyTorchEstimator.LOSS
     OPTIMIZER_CREATOR = PyTorchEstimator.OPTIMIZER_CREATOR
+    METRICS = PyTorchEstimator.METRICS
+    CALLBACKS = PyTorchEstimator.CALLBACKS
+    TRAINING_LOOP = PyTorchEstimator.TRAINING_LOOP
     GLOBAL_BATCH_SIZE = IntParam(
         "global_batch_size", "Rows per model update, across all workers.", None,
         ParamValidators.optional(ParamValidators.gt(0)))
@@ -75,7 +87,10 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                  model_version_col: str = "modelVersion",
                  initial_model: Union[None, PyTorchModel, str] = None, worker_num: int = 1,
                  feature_widths: Optional[Sequence[int]] = None, seed: int = 0,
-                 timeout: float = HasTimeout.TIMEOUT.default_value, **misspelt: Any):
+                 timeout: float = HasTimeout.TIMEOUT.default_value,
+                 metrics: Union[None, Sequence[str], Dict[str, Callable]] = None,
+                 callbacks: Optional[Sequence[Callback]] = None,
+                 training_loop: Optional[TrainingLoop] = None, **misspelt: Any):
         self._reject_unknown(misspelt)
         self._init_params(model=model, loss=loss, optimizer_creator=optimizer_creator,
                           feature_cols=feature_cols, label_col=label_col,
@@ -83,7 +98,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                           window_ms=window_ms, model_version_col=model_version_col,
                           initial_model=initial_model,
                           worker_num=worker_num, feature_widths=feature_widths, seed=seed,
-                          timeout=timeout)
+                          timeout=timeout, metrics=metrics,
+                          callbacks=list(callbacks) if callbacks is not None else None,
+                          training_loop=training_loop)
 
     def get_global_batch_size(self) -> Optional[int]:
         return self.get(self.GLOBAL_BATCH_SIZE)
@@ -150,7 +167,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             world_size=world, rendezvous=server.info(), timeout=self.get_timeout(),
             heartbeat_ms=ONLINE_HEARTBEAT_MS, model_spec=spec_json,
             emit_initial=initial is not None, seed=self.get_seed(),
-            window_ms=self.get_window_ms())
+            window_ms=self.get_window_ms(), feature_widths=widths,
+            metrics=resolve_metrics(self.get(self.METRICS)),
+            callbacks=list(self.get(self.CALLBACKS) or []), loop=self.get(self.TRAINING_LOOP))
         versions = model_data_table(t_env, table, online, self.get_model_version_col())
         result = PyTorchModel(copy.deepcopy(model), feature_cols, self.get_prediction_col(),
                               feature_widths=widths,
@@ -162,19 +181,7 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         return result
 
     def _check_settings(self):
-        model, loss, creator = (self.get(self.MODEL), self.get(self.LOSS),
-                                self.get(self.OPTIMIZER_CREATOR))
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss):
-            raise TypeError("loss must be callable: loss(prediction, label) -> tensor")
-        if not callable(creator):
-            raise TypeError("optimizer_creator must be callable: creator(module) -> Optimizer")
-        if not self.get_feature_cols():
-            raise SchemaError("feature_cols is not set: name the input columns in the order "
-                              "forward() takes them")
-        if not self.get_label_col():
-            raise SchemaError("label_col is not set: name the column holding the label")
+        model, loss, creator = check_training_params(self)
         batch, window = self.get_global_batch_size(), self.get_window_ms()
         if batch is not None and window is not None:
             raise ValueError("Set global_batch_size or window_ms, not both: an update takes "
@@ -191,12 +198,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         return model, loss, creator
 
     def _column_types(self, table: Table, feature_cols: List[str], label_col: str):
-        types, feature_types, label_type = training_column_types(table, feature_cols,
-                                                                 label_col)
-        version_col = self.get_model_version_col()
-        if version_col in types:
-            raise SchemaError(f"The table already has a column {version_col!r}; set "
-                              f"model_version_col to a new name")
+        feature_types, label_type, _ = checked_columns(
+            table, feature_cols, label_col,
+            outputs=[(self.get_model_version_col(), "model_version_col")])
         return feature_types, label_type
 
     def _widths(self, feature_types: List[DataType]) -> List[int]:

@@ -8,8 +8,7 @@ error raised in a worker). Pure string functions, testable without Flink.
 import re
 from typing import Optional
 
-__all__ = ["task_manager_lost", "python_worker_crashed", "no_resources", "raised_in_worker",
-           "lost_peer"]
+__all__ = ["task_manager_lost", "python_worker_crashed", "no_resources", "raised_in_worker"]
 
 _LOST_PATTERNS = (
     r"Connection unexpectedly closed by remote task manager[^\n]*",
@@ -23,13 +22,6 @@ _CRASH_PATTERNS = (
     r"Python process exits with code[^\n]*",
     r"StatusRuntimeException: CANCELLED: client cancelled",
     r"SDK harness [^\n]*disconnected[^\n]*",
-)
-
-#: what a rank's collective raises when a peer's process or host went away
-_LOST_PEER_PATTERNS = (
-    r"Connection closed by peer",
-    r"Connection reset by peer",
-    r"\[gloo\][^\n]*Broken pipe",
 )
 
 #: exception names whose message, raised in a worker, is worth showing without the Java trace
@@ -53,12 +45,6 @@ def python_worker_crashed(message: str) -> Optional[str]:
         if found:
             return found.group(0).strip()
     return None
-
-
-def lost_peer(text: str) -> bool:
-    """True when a rank's error says a peer's connection went away (the peer's process or
-    host died); a rank that failed in its own code records its error before that."""
-    return any(re.search(pattern, text) for pattern in _LOST_PEER_PATTERNS)
 
 
 def no_resources(message: str) -> bool:

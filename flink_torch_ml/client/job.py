@@ -28,6 +28,7 @@ from ..errors import SchemaError
 from ..worker.job_spec import JobSpec
 from ..worker.operators import ExplodeRows, FeedFunction, NodeFunction
 from .planner import planned
+from .schema import data_type_of, flink_type
 
 __all__ = ["check_environment", "configure_job", "shard_keys", "stream_shard_keys",
            "keys_per_subtask", "default_python_executable", "node_results_table",
@@ -149,7 +150,7 @@ def _quote(name: str) -> str:
 
 def explode_rows_udtf(output_types: List[DataType]):
     """The table function turning a worker's result into the rows it wrote."""
-    return udtf(ExplodeRows(), result_types=[t.to_flink() for t in output_types])
+    return udtf(ExplodeRows(), result_types=[flink_type(t) for t in output_types])
 
 
 def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> Table:
@@ -289,7 +290,7 @@ def check_input_types(table: Table, types: Optional[List[DataType]]) -> Tuple[Li
                                                                              List[DataType]]:
     """The table's columns and their types, checked against ``input_types`` if given."""
     names, flink_types = table_columns(table)
-    actual = [DataType.from_flink(t, n) for n, t in zip(names, flink_types)]
+    actual = [data_type_of(t, n) for n, t in zip(names, flink_types)]
     if types is None:
         return names, actual
     if len(types) != len(names):

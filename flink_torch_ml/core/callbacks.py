@@ -1,5 +1,6 @@
-"""Callbacks of the estimator's training loop (``training.TrainingLoop``), in Keras' and
-skorch's style: objects with no-op hooks that the loop calls on every rank.
+"""Callbacks of the training loop (``engine.TrainingLoop``), in Keras' and skorch's style:
+objects with no-op hooks that the loop calls on every rank, in batch fits (epochs) and online
+training (one ``on_update_end`` per model version) alike.
 
 A callback sees the loop as ``self.loop`` (``rank``, ``world_size``, ``model``,
 ``optimizer``, ``history``, ``attempt``...) and may set ``self.loop.stop_training = True``;
@@ -17,7 +18,8 @@ __all__ = ["Callback", "EarlyStopping", "LRScheduler", "ModelCheckpoint"]
 
 class Callback:
     """Base class: override the hooks you need. ``logs`` hold the epoch's record (averaged
-    over all ranks: ``train_loss``, ``valid_loss``, metrics, rows, seconds)."""
+    over all ranks: ``train_loss``, ``valid_loss``, metrics, rows, seconds), or online the
+    update's."""
 
     loop: Any = None
 
@@ -35,6 +37,11 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, Any]) -> None:
         pass
+
+    def on_update_end(self, version: int, logs: Dict[str, Any]) -> None:
+        """Online training: model ``version`` was made; ``logs`` hold its ``rows``, the
+        prequential ``loss`` and metrics (of the model before this update, on its rows,
+        averaged over all ranks) and ``update_seconds``."""
 
     def on_train_end(self) -> None:
         pass

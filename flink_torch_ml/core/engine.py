@@ -1,12 +1,18 @@
-"""The estimator's training loop, run by every worker: no Flink imports, only torch.
+"""The training engine, the one every fit runs: no Flink imports, only torch and numpy.
 
-``fit_worker`` turns the worker's shard into tensors (one per feature column, as the model's
-``forward`` takes them, plus the label), wraps the model in DistributedDataParallel and runs
-a :class:`TrainingLoop`: ``fit_loop -> run_epoch -> train_step / validation_step``, each step
-overridable, with callbacks notified on every rank. Loss and metrics are averaged over all
-rows of all workers every epoch. Randomness derives from ``(seed, epoch, rank)`` only (the
-shuffle, the global RNG at each epoch's start, the validation split), so a fit resumed from
-a checkpoint continues exactly as an uninterrupted one.
+:class:`TrainingLoop` is a chain of small overridable steps with callbacks notified on every
+rank. A batch fit (``PyTorchEstimator``) runs ``fit_loop -> run_epoch -> train_step /
+validation_step`` over the rank's shard, gradients averaged by DistributedDataParallel.
+Online training (``OnlinePyTorchEstimator``) runs one ``run_update -> train_step`` per model
+version over the rank's rows of that update; there the ranks' gradients, each weighted by its
+rank's share of the update's rows, are summed when the optimizer steps (a step pre-hook), so
+every rank takes the same step and keeps the same weights. Either way a ``train_step``
+override and every callback apply, and the loss an update reports is computed before its step
+(the model's prequential, test-then-train, loss).
+
+Randomness of a batch fit derives from ``(seed, epoch, rank)`` only (the shuffle, the global
+RNG at each epoch's start, the validation split), so a fit resumed from a checkpoint
+continues exactly as an uninterrupted one.
 """
 
 import contextlib
@@ -23,14 +29,16 @@ import numpy as np
 import torch
 
 from .._defaults import TIMEOUT
-from .types import DataType
 from ..errors import InvalidDataError
 from .callbacks import Callback, LRScheduler
 from .checkpoint import Checkpoint, check_compatible, load_checkpoint_state, parameter_shapes, \
     write_checkpoint
+from .rows import TRAINING_ADVICE, Column, check_rows, column_arrays, model_float_dtype, \
+    to_tensor, with_common_widths
+from .types import DataType
 
 __all__ = ["TrainSettings", "TrainingLoop", "fit_worker", "BUILTIN_METRICS", "state_to_bytes",
-           "state_from_bytes", "epoch_seed"]
+           "state_from_bytes", "epoch_seed", "resolve_metrics"]
 
 
 def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -50,6 +58,16 @@ def _mae(prediction, target):
 BUILTIN_METRICS: Dict[str, Callable] = {"accuracy": _accuracy, "mse": _mse, "mae": _mae}
 
 
+def resolve_metrics(metrics) -> Dict[str, Callable]:
+    """``metrics`` as ``{name: fn(prediction, label)}``: built-in names become their
+    functions ('accuracy', 'mse', 'mae'); None is no metric."""
+    if not metrics:
+        return {}
+    if not isinstance(metrics, dict):
+        metrics = {m: m for m in metrics}
+    return {n: (BUILTIN_METRICS[m] if isinstance(m, str) else m) for n, m in metrics.items()}
+
+
 @dataclass
 class TrainSettings:
     """Everything a worker needs to train (shipped inside the job with cloudpickle)."""
@@ -61,8 +79,8 @@ class TrainSettings:
     feature_types: List[str]
     label_col: str
     label_type: str
-    max_epochs: int
-    batch_size: int
+    max_epochs: int = 1
+    batch_size: int = 32
     seed: int = 0
     shuffle: bool = True
     validation: Union[None, float, str] = None
@@ -73,34 +91,17 @@ class TrainSettings:
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
 
+    def feature_columns(self) -> List[Column]:
+        return [Column(n, DataType.from_name(t), None, "Feature")
+                for n, t in zip(self.feature_cols, self.feature_types)]
+
+    def label_column(self) -> Column:
+        return Column(self.label_col, DataType.from_name(self.label_type), None, "Label")
+
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's randomness in one epoch: a function of nothing else."""
     return (seed * 1_000_003 + epoch * 131 + rank) % (2 ** 63)
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
-def _tensor(column: np.ndarray, data_type: DataType, name: str, float_dtype: torch.dtype,
-            is_label: bool) -> torch.Tensor:
-    kind = "Label" if is_label else "Feature"
-    if data_type.is_floating:
-        values = np.asarray(column, dtype=data_type.numpy_dtype)
-        bad = np.isnan(values) if values.ndim == 1 else np.isnan(values).any(axis=1)
-        if bad.any():
-            raise InvalidDataError(f"{kind} column {name!r} holds NaN in {int(bad.sum())} of "
-                                   f"{len(values)} rows")
-        tensor = torch.from_numpy(values).to(float_dtype)
-        return tensor.unsqueeze(1) if tensor.dim() == 1 else tensor
-    tensor = torch.from_numpy(np.asarray(column, dtype=np.int64))
-    if is_label:
-        return tensor  # class indices: [batch] int64, what cross-entropy expects
-    return tensor.unsqueeze(1)
 
 
 def _split(rows: int, settings: TrainSettings, rank: int, flags: Optional[np.ndarray]):
@@ -151,41 +152,50 @@ class _Gatherer:
         return list(self.packed[index].split(self.widths, dim=1))
 
 
+def tensors(columns: Sequence, feature_columns: Sequence[Column], label_column: Column,
+            float_dtype, where: str = "") -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Feature and label columns (arrays, Series or lists of values) as the tensors training
+    feeds the model, once the row rule (rows.check_rows) has passed them: array features of
+    unknown width must all have their column's most common length."""
+    n = len(feature_columns)
+    specs = with_common_widths(columns[:n + 1], [*feature_columns, label_column])
+    check_rows(columns[:n + 1], specs, TRAINING_ADVICE, where)
+    arrays = column_arrays(columns[:n + 1], specs)
+    features = [to_tensor(c, s.data_type, float_dtype, False)
+                for c, s in zip(arrays[:n], specs[:n])]
+    return features, to_tensor(arrays[n], label_column.data_type, float_dtype, True)
+
+
 class TrainingLoop:
-    """The estimator's training loop, run on every rank. Subclass it and pass an instance as
-    ``PyTorchEstimator(training_loop=...)`` to change one step:
+    """The training loop every fit runs, on every rank. Subclass it and pass an instance as
+    ``PyTorchEstimator(training_loop=...)`` or ``OnlinePyTorchEstimator(training_loop=...)``
+    to change one step:
 
     - ``fit_loop()``: epochs from ``start_epoch`` to ``max_epochs``, callbacks around them,
       a checkpoint every ``checkpoint_every`` epochs, all ranks stopping together;
     - ``run_epoch(epoch) -> logs``: shuffles (from ``(seed, epoch, rank)``), runs
       ``train_step`` on each batch, averages loss and metrics over all ranks, validates;
-    - ``train_step(inputs, target) -> (loss, prediction)``: forward, loss, backward, step;
+    - ``run_update(inputs, target, rows) -> logs`` (online): one model version from this
+      rank's rows of an update of ``rows`` rows in all, through ``train_step``;
+    - ``train_step(inputs, target) -> (loss, prediction)``: forward, loss, backward, step
+      (online: it must call ``self.optimizer.step()`` once, where the ranks' gradients meet);
     - ``validation_step(inputs, target) -> (loss, prediction)``: forward and loss, no grad.
 
     Available while it runs: ``rank``, ``world_size``, ``attempt``, ``model`` (the module),
-    ``ddp`` (the DistributedDataParallel wrapper, or the module when alone), ``optimizer``,
-    ``loss``, ``metrics``, ``settings``, ``callbacks``, ``history``, ``start_epoch``,
-    ``stop_training``.
+    ``ddp`` (the DistributedDataParallel wrapper in a batch fit; the module when alone or
+    online), ``optimizer``, ``loss``, ``metrics``, ``settings``, ``callbacks``, ``history``
+    (batch: one record per epoch), ``start_epoch``, ``version`` (online), ``stop_training``.
     """
 
     # ------------------------------------------------------------------ set-up
     def _setup(self, rank: int, world_size: int, columns: List[np.ndarray],
                settings: TrainSettings, attempt: int = 0,
                save_model: Optional[Callable[[str, str], None]] = None) -> None:
-        self.rank, self.world_size, self.attempt = rank, world_size, attempt
-        self.settings = settings
-        self.distributed = world_size > 1
-        self.save_model_fn = save_model
-        torch.manual_seed(settings.seed)  # same initial state everywhere (DDP broadcasts too)
-        self.model = settings.model
-        float_dtype = _model_dtype(self.model)
-        n_features = len(settings.feature_cols)
-        self.features = [_tensor(c, DataType.from_name(t), n, float_dtype, False)
-                         for c, t, n in zip(columns[:n_features], settings.feature_types,
-                                            settings.feature_cols)]
-        self.label = _tensor(columns[n_features], DataType.from_name(settings.label_type),
-                             settings.label_col, float_dtype, True)
-        flags = columns[n_features + 1] if isinstance(settings.validation, str) else None
+        self._common_setup(rank, world_size, settings, attempt, save_model)
+        features, label = settings.feature_columns(), settings.label_column()
+        self.features, self.label = tensors(columns, features, label, self.float_dtype,
+                                            f" (rank {rank})")
+        flags = columns[len(features) + 1] if isinstance(settings.validation, str) else None
         self.rows = len(self.label)
         total_rows = torch.tensor([self.rows], dtype=torch.int64)
         if self.distributed:
@@ -197,12 +207,36 @@ class TrainingLoop:
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) \
             if self.distributed else self.model
         self.optimizer = settings.optimizer_creator(self.model)
+        self._attach_callbacks()
+
+    def _setup_online(self, rank: int, world_size: int, settings, attempt: int = 0) -> None:
+        """Online training: every rank holds the model and an optimizer; an update's
+        gradients are summed over the ranks when the optimizer steps."""
+        self._common_setup(rank, world_size, settings, attempt, None)
+        self.version = 0
+        self.ddp = self.model
+        self.optimizer = settings.optimizer_creator(self.model)
+        self._update_weight = 1.0
+        if self.distributed:
+            self.optimizer.register_step_pre_hook(self._sum_gradients)
+        self._attach_callbacks()
+
+    def _common_setup(self, rank, world_size, settings, attempt, save_model) -> None:
+        self.rank, self.world_size, self.attempt = rank, world_size, attempt
+        self.settings = settings
+        self.distributed = world_size > 1
+        self.save_model_fn = save_model
+        torch.manual_seed(settings.seed)  # same initial state everywhere (DDP broadcasts too)
+        self.model = settings.model
+        self.float_dtype = model_float_dtype(self.model)
         self.loss = settings.loss
         self.metrics = dict(settings.metrics)
         self.callbacks = list(settings.callbacks)
         self.history: List[Dict[str, Any]] = []
         self.start_epoch = 0
         self.stop_training = False
+
+    def _attach_callbacks(self) -> None:
         for callback in self.callbacks:
             callback.set_loop(self)
 
@@ -245,8 +279,8 @@ class TrainingLoop:
                 loss_sum += loss.detach().double() * len(index)
                 if self.metrics:
                     with torch.no_grad():
-                        reducer.add([0.0] + [float(m(prediction, target))
-                                             for m in self.metrics.values()], len(index))
+                        reducer.add([0.0] + self._metric_values(prediction, target),
+                                    len(index))
                 self.notify("on_batch_end", number, {"loss": loss.detach(), "rows": len(index)})
         if not torch.isfinite(loss_sum):
             raise InvalidDataError(f"The loss became {loss_sum.item()} in epoch {epoch} "
@@ -266,6 +300,40 @@ class TrainingLoop:
             logs["valid_rows"] = valid["rows"]
             logs.update({f"valid_{n}": valid[n] for n in self.metrics})
         logs["attempt"] = self.attempt
+        return logs
+
+    def run_update(self, inputs: List[torch.Tensor], target: torch.Tensor,
+                   rows: int) -> Dict[str, Any]:
+        """One online update, on every rank at once: this rank's rows of it (maybe none) go
+        through ``train_step``; the record's ``loss`` and metrics are those of the model
+        before the step (prequential), averaged over the update's ``rows`` rows."""
+        mine = len(target)
+        started = time.perf_counter()
+        self.model.train()
+        self._update_weight = mine / rows if rows else 0.0
+        reducer = _Reducer(["loss"] + list(self.metrics))
+        if mine:
+            loss, prediction = self.train_step(inputs, target)
+            with torch.no_grad():
+                reducer.add([float(loss.detach())] + self._metric_values(prediction, target),
+                            mine)
+        else:  # no rows here this time: take part in the gradients' sum with zeros
+            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()
+        finite = torch.tensor([1.0 if torch.isfinite(reducer.totals).all() else 0.0])
+        if self.distributed:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise InvalidDataError(f"The loss is not finite on update {self.version + 1} of "
+                                   f"online training (rank {self.rank}"
+                                   f"{' or a peer' if self.distributed else ''}); check the "
+                                   f"input and lower the learning rate")
+        means = reducer.means(self.distributed)
+        self.version += 1
+        logs = {"version": self.version, "loss": means["loss"], "rows": int(rows),
+                "update_seconds": time.perf_counter() - started}
+        logs.update({n: means[n] for n in self.metrics})
+        self.notify("on_update_end", self.version, logs)
         return logs
 
     def train_step(self, inputs: List[torch.Tensor], target: torch.Tensor
@@ -294,11 +362,31 @@ class TrainingLoop:
                 target = self.label[part]
                 loss, prediction = self.validation_step(
                     [f[part] for f in self.features], target)
-                reducer.add([float(loss)] + [float(m(prediction, target))
-                                             for m in self.metrics.values()], len(part))
+                reducer.add([float(loss)] + self._metric_values(prediction, target),
+                            len(part))
         return reducer.means(self.distributed)
 
     # ------------------------------------------------------------------ helpers
+    def _metric_values(self, prediction, target) -> List[float]:
+        return [float(m(prediction, target)) for m in self.metrics.values()]
+
+    def _sum_gradients(self, optimizer, args, kwargs) -> None:
+        """Online, before every optimizer step: each rank's gradient times its share of the
+        update's rows, summed over the ranks (one all-reduce per dtype), so the step every
+        rank takes is that of the update's mean loss. A parameter without a gradient counts
+        as zeros, so every rank steps every parameter alike."""
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.requires_grad]
+        for dtype in sorted({p.dtype for p in params}, key=str):
+            same = [p for p in params if p.dtype == dtype]
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p))
+                              .reshape(-1) for p in same]) * self._update_weight
+            torch.distributed.all_reduce(flat)
+            offset = 0
+            for p in same:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+
     def notify(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
@@ -333,7 +421,6 @@ class TrainingLoop:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": [c.torch_state() for c in self.callbacks
                               if isinstance(c, LRScheduler)]}
-
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: weights, optimizer, scheduler, history, callbacks."""
@@ -396,7 +483,7 @@ def fit_worker(rank: int, world_size: int, columns: List[np.ndarray], settings: 
             torch.distributed.destroy_process_group()
 
 
-def _with_callbacks(settings: TrainSettings, callbacks: List[Callback]) -> TrainSettings:
+def _with_callbacks(settings, callbacks: List[Callback]):
     import dataclasses
 
     return dataclasses.replace(settings, callbacks=callbacks)

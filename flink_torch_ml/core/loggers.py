@@ -27,7 +27,7 @@ from .callbacks import Callback
 __all__ = ["TensorBoardLogger", "MLflowLogger"]
 
 #: epoch-log keys that are not metrics: ``epoch`` is the step itself
-_NOT_METRICS = frozenset({"epoch"})
+_NOT_METRICS = frozenset({"epoch", "version"})
 #: tracking URIs without a scheme that are not directories
 _NAMED_STORES = frozenset({"databricks", "databricks-uc", "uc"})
 #: tracking-store schemes that MLflow serves through SQLAlchemy
@@ -90,10 +90,16 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(self.log_dir, purge_step=start + 1 if start else None)
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, Any]) -> None:
+        self._write(logs, epoch + 1)
+
+    def on_update_end(self, version: int, logs: Dict[str, Any]) -> None:
+        self._write(logs, version)
+
+    def _write(self, logs: Dict[str, Any], step: int) -> None:
         if self.writer is None:
             return
         for key, value in _scalars(logs).items():
-            self.writer.add_scalar(self.prefix + key, value, epoch + 1)
+            self.writer.add_scalar(self.prefix + key, value, step)
         self.writer.flush()
 
     def on_train_end(self) -> None:
@@ -224,6 +230,11 @@ class MLflowLogger(Callback):
         if self._client is None:
             return
         self._log(metrics=_scalars(logs), step=epoch + 1)
+
+    def on_update_end(self, version: int, logs: Dict[str, Any]) -> None:
+        if self._client is None:
+            return
+        self._log(metrics=_scalars(logs), step=version)
 
     def on_train_end(self) -> None:
         if self._client is None:

@@ -1,7 +1,9 @@
-"""Run a serialized model (TorchScript or ONNX bytes) on numpy feature batches.
+"""Run a serialized model (TorchScript or ONNX bytes) on numpy feature batches, and check what
+it returns.
 
 A :class:`ModelRunner` is what travels to the Flink workers: it pickles as plain bytes and a few
-strings, loads the model once in :meth:`open`, and predicts on whole batches.
+strings, loads the model once in :meth:`open`, and predicts on whole batches;
+:func:`prediction_values` turns its output into the prediction column's values.
 """
 
 import io
@@ -11,7 +13,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ModelRunner"]
+from ..errors import InvalidDataError
+
+__all__ = ["ModelRunner", "prediction_values"]
 
 
 class ModelRunner:
@@ -69,3 +73,20 @@ class ModelRunner:
 
     def close(self) -> None:
         self._model = None
+
+
+def prediction_values(output: np.ndarray, rows: int, spec) -> np.ndarray:
+    """A model output of shape ``[rows]``, ``[rows, 1]`` or ``[rows, k]`` as the values of
+    ``spec``'s prediction column: ``[rows]`` for a scalar type, ``[rows, k]`` for an array
+    type, in its dtype. Raises InvalidDataError when the shape does not fit."""
+    output = np.asarray(output)
+    if output.ndim == 0 or output.shape[0] != rows:
+        raise InvalidDataError(f"The model returned shape {tuple(output.shape)} for a batch of "
+                               f"{rows} rows; the first dimension must be the batch")
+    width = int(np.prod(output.shape[1:], dtype=np.int64))
+    if width != spec.output_width:
+        raise InvalidDataError(f"The model returned {width} values per row; "
+                               f"'{spec.prediction_col}' expects {spec.output_width}")
+    dtype = spec.prediction_type.numpy_dtype
+    shape = (rows, width) if spec.prediction_type.is_array else (rows,)
+    return output.reshape(shape).astype(dtype, copy=False)

@@ -1,8 +1,8 @@
-"""The data types that cross between Flink and PyTorch, and their mapping.
-
-The names follow the original DL-on-Flink project (``FLOAT_32, FLOAT_64, INT_32, INT_64``),
-extended with ``STRING`` and float arrays. One table here maps each name to its Flink SQL type,
-its torch dtype and its numpy dtype; everything else in the library looks types up here.
+"""The data types that cross between Flink and PyTorch: one table mapping each name to its
+torch and numpy dtypes and its SQL spelling. The names follow DL-on-Flink (``FLOAT_32,
+FLOAT_64, INT_32, INT_64``), extended with ``STRING``, ``BOOLEAN`` and float arrays. Everything
+else looks types up here; the Flink schema side of the mapping is ``client/schema.py``.
+Free of Flink.
 """
 
 import enum
@@ -10,13 +10,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from pyflink.table import DataTypes
-from pyflink.table.types import (ArrayType, BigIntType, BooleanType, DataType as FlinkDataType,
-                                 DoubleType, FloatType, IntType, VarCharType)
 
 from ..errors import UnsupportedTypeError
 
-__all__ = ["DataType", "parse_type_names", "flink_type_to_string"]
+__all__ = ["DataType", "parse_type_names", "type_names", "FEATURE_TYPES"]
 
 
 class DataType(enum.Enum):
@@ -50,10 +47,6 @@ class DataType(enum.Enum):
         """The Flink SQL spelling of this type, e.g. ``ARRAY<FLOAT>``."""
         return _SQL_NAMES[self]
 
-    def to_flink(self) -> FlinkDataType:
-        """The Flink SQL type of this data type (e.g. ``FLOAT_32_ARRAY`` -> ``ARRAY<FLOAT>``)."""
-        return _FLINK_FACTORIES[self]()
-
     @classmethod
     def from_name(cls, name: str) -> "DataType":
         """Parse a type name such as ``"FLOAT_32"`` (case-insensitive, Flink aliases allowed)."""
@@ -67,23 +60,6 @@ class DataType(enum.Enum):
                 f"{', '.join(t.type_name for t in cls)}") from None
 
     @classmethod
-    def from_flink(cls, flink_type: FlinkDataType, column: Optional[str] = None) -> "DataType":
-        """The data type of a Flink column type, or UnsupportedTypeError naming the column."""
-        for data_type, flink_class in _FLINK_CLASSES.items():
-            if data_type.is_array:
-                if isinstance(flink_type, ArrayType) and isinstance(flink_type.element_type,
-                                                                    flink_class):
-                    return data_type
-            elif isinstance(flink_type, flink_class) and not isinstance(flink_type, ArrayType):
-                return data_type
-        where = f"Column {column!r} has" if column else "Type"
-        raise UnsupportedTypeError(
-            f"{where} unsupported type {flink_type_to_string(flink_type)}; supported: FLOAT, "
-            f"DOUBLE, INT, BIGINT, STRING, BOOLEAN, ARRAY<FLOAT>, ARRAY<DOUBLE>. Cast the "
-            f"column first, "
-            f"e.g. table.select(col('x').cast(DataTypes.FLOAT()))")
-
-    @classmethod
     def from_numpy(cls, dtype, is_array: bool = False) -> "DataType":
         """The data type holding values of a numpy dtype (used for model outputs)."""
         dtype = np.dtype(dtype)
@@ -95,32 +71,10 @@ class DataType(enum.Enum):
             f"float32, float64, int32 or int64 (float arrays for outputs wider than 1)")
 
 
-_FLINK_FACTORIES = {
-    DataType.FLOAT_32: DataTypes.FLOAT,
-    DataType.FLOAT_64: DataTypes.DOUBLE,
-    DataType.INT_32: DataTypes.INT,
-    DataType.INT_64: DataTypes.BIGINT,
-    DataType.STRING: DataTypes.STRING,
-    DataType.BOOLEAN: DataTypes.BOOLEAN,
-    DataType.FLOAT_32_ARRAY: lambda: DataTypes.ARRAY(DataTypes.FLOAT()),
-    DataType.FLOAT_64_ARRAY: lambda: DataTypes.ARRAY(DataTypes.DOUBLE()),
-}
-
 _SQL_NAMES = {
     DataType.FLOAT_32: "FLOAT", DataType.FLOAT_64: "DOUBLE", DataType.INT_32: "INT",
     DataType.INT_64: "BIGINT", DataType.STRING: "STRING", DataType.BOOLEAN: "BOOLEAN",
     DataType.FLOAT_32_ARRAY: "ARRAY<FLOAT>", DataType.FLOAT_64_ARRAY: "ARRAY<DOUBLE>",
-}
-
-_FLINK_CLASSES = {
-    DataType.FLOAT_32: FloatType,
-    DataType.FLOAT_64: DoubleType,
-    DataType.INT_32: IntType,
-    DataType.INT_64: BigIntType,
-    DataType.STRING: VarCharType,
-    DataType.BOOLEAN: BooleanType,
-    DataType.FLOAT_32_ARRAY: FloatType,
-    DataType.FLOAT_64_ARRAY: DoubleType,
 }
 
 _ALIASES = {
@@ -147,13 +101,11 @@ def parse_type_names(names: str, expected_count: Optional[int] = None,
     return types
 
 
-def flink_type_to_string(flink_type: FlinkDataType) -> str:
-    """A short SQL-like name of a Flink type for error messages, e.g. ``ARRAY<INT>``."""
-    if isinstance(flink_type, ArrayType):
-        return f"ARRAY<{flink_type_to_string(flink_type.element_type)}>"
-    return type(flink_type).__name__.replace("Type", "").upper()
-
-
 def type_names(types: Sequence[DataType]) -> str:
     """The comma-separated names of some data types (the inverse of :func:`parse_type_names`)."""
     return ",".join(t.type_name for t in types)
+
+
+#: the types a feature or label column may have
+FEATURE_TYPES = frozenset({DataType.FLOAT_32, DataType.FLOAT_64, DataType.INT_32,
+                           DataType.INT_64, DataType.FLOAT_32_ARRAY, DataType.FLOAT_64_ARRAY})

@@ -1,5 +1,6 @@
-"""A worker's input as columns: numpy arrays converted from Flink's pandas batches, checked,
-and encoded as Arrow IPC to cross a socket (the feed, rows moved between ranks).
+"""A worker's input as columns (numpy arrays, made by ``core.rows.column_arrays``) as they
+cross a socket (the feed, rows moved between ranks): encoded as Arrow IPC, concatenated,
+hashed, and shaped when a shard is empty.
 
 A column is ``[rows]`` for a scalar, ``[rows, n]`` for equal-length arrays, or a ``[rows]``
 object array of 1-d arrays when lengths differ. Decoding reads Arrow only: bytes from the
@@ -13,42 +14,12 @@ import pandas as pd
 import pyarrow as pa
 
 from ..core.types import DataType
-from ..errors import InvalidDataError
 
-__all__ = ["Columns", "columns_from_pandas", "empty_columns", "column_shapes",
+__all__ = ["Columns", "empty_columns", "column_shapes",
            "conform_empty", "concat_columns", "encode_columns", "decode_columns", "row_hashes",
            "take", "sort_by_content"]
 
 Columns = List[np.ndarray]
-
-
-def columns_from_pandas(series: Sequence[pd.Series], names: Sequence[str],
-                        types: Sequence[DataType]) -> Columns:
-    """Input columns as numpy. NULLs (and NaN in float scalars) raise, naming the column."""
-    columns = []
-    for s, name, data_type in zip(series, names, types):
-        nulls = s.isna().to_numpy() if not data_type.is_array else np.fromiter(
-            (v is None for v in s), bool, len(s))
-        if data_type is not DataType.STRING and nulls.any():
-            what = "NULL or NaN" if data_type.is_floating and not data_type.is_array else "NULL"
-            raise InvalidDataError(f"Input column {name!r} holds {what} in {int(nulls.sum())} "
-                                   f"of {len(s)} rows; {data_type.type_name} needs a value")
-        if data_type is DataType.STRING:
-            columns.append(s.to_numpy(dtype=object))
-        elif data_type.is_array:
-            values = [np.asarray(v, dtype=data_type.numpy_dtype) for v in s]
-            lengths = {len(v) for v in values}
-            if len(lengths) == 1:
-                columns.append(np.stack(values))
-            elif not values:
-                columns.append(np.empty((0, 0), data_type.numpy_dtype))
-            else:
-                ragged = np.empty(len(values), dtype=object)
-                ragged[:] = values
-                columns.append(ragged)
-        else:
-            columns.append(s.to_numpy(dtype=data_type.numpy_dtype))
-    return columns
 
 
 def empty_columns(types: Sequence[DataType]) -> Columns:

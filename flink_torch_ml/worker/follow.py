@@ -3,56 +3,32 @@ model-data rows (one per version) in a ``BroadcastProcessFunction``. Each row is
 the newest version received, and the version is appended; rows that arrive before the first
 version (or, with ``max_allowed_model_delay_ms``, before a version recent enough for the
 row's timestamp, as in FlinkML's online models) wait in the function and are scored as one
-batch when that version arrives. Runs in Flink's Python workers.
+batch when that version arrives. Runs in Flink's Python workers (the job around it is
+``client/scoring_job.py``).
 """
 
 import json
 import logging
-import math
 from typing import Any, List, Optional, Sequence, Tuple
 
-import numpy as np
 from pyflink.common import Row, Types
 from pyflink.datastream import BroadcastProcessFunction
 from pyflink.datastream.state import MapStateDescriptor
-from pyflink.table import Table
-from pyflink.table.expressions import col
 
-from .._compat import table_columns
-from ..core.types import DataType
-from ..errors import InvalidDataError, ModelFormatError
+from ..core.rows import SCORING_ADVICE, check_rows, feature_arrays, invalid_rows, \
+    rows_to_columns
+from ..core.runner import ModelRunner, prediction_values
+from ..core.spec import ModelSpec
+from ..errors import ModelFormatError
 from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
-from ..client.planner import planned
-from ..core.runner import ModelRunner
-from ..core.spec import ModelSpec
 
-__all__ = ["FollowModelStream", "follow_model_stream", "stream_type_of",
-           "prediction_type_info", "MODEL_DATA_FIELDS"]
+__all__ = ["FollowModelStream", "MODEL_DATA_FIELDS", "MODEL_STATE"]
 
 #: the model-data columns scoring reads, after the version column
 MODEL_DATA_FIELDS = ("versionTime", "format", "model", "spec")
 
 log = logging.getLogger("flink_torch_ml")
-
-_TYPE_INFO = {
-    DataType.FLOAT_32: Types.FLOAT, DataType.FLOAT_64: Types.DOUBLE,
-    DataType.INT_32: Types.INT, DataType.INT_64: Types.LONG,
-}
-
-
-def prediction_type_info(data_type: DataType):
-    """The DataStream type of a prediction column."""
-    if data_type.is_array:
-        element = DataType.from_numpy(data_type.numpy_dtype, False)
-        return Types.BASIC_ARRAY(_TYPE_INFO[element]())
-    return _TYPE_INFO[data_type]()
-
-
-def stream_type_of(stream):
-    """The Row type (names and field types) of a DataStream made from a table."""
-    type_info = stream.get_type()
-    return getattr(type_info, "_type_info", type_info)
 
 
 class FollowModelStream(BroadcastProcessFunction):
@@ -149,21 +125,17 @@ class FollowModelStream(BroadcastProcessFunction):
         return self._model_time >= timestamp - self._max_delay_ms
 
     def _valid(self, value) -> bool:
-        for position, feature in zip(self._positions, self._spec.features):
-            item = value[position]
-            bad = item is None or (isinstance(item, float) and math.isnan(item)) or \
-                (feature.data_type.is_array and (len(item) != feature.width or any(
-                    x is None or (isinstance(x, float) and math.isnan(x)) for x in item)))
-            if bad:
-                if self._skip_invalid:
-                    self._skipped += 1
-                    return False
-                what = "a NULL or NaN" if item is None or not feature.data_type.is_array else \
-                    f"an array of length {len(item)} or holding NULL/NaN (expected " \
-                    f"{feature.width} numbers)"
-                raise InvalidDataError(f"Feature column {feature.name!r} holds {what} value; "
-                                       f"filter such rows or set handle_invalid='skip'")
-        return True
+        """The row rule on one row: True to score it; False when it is invalid and skipped
+        (counted); raises InvalidDataError naming the column otherwise."""
+        columns = rows_to_columns([value], self._positions)
+        features = self._spec.features
+        if not invalid_rows(columns, features).any():
+            return True
+        if self._skip_invalid:
+            self._skipped += 1
+            return False
+        check_rows(columns, features, SCORING_ADVICE)
+        return True  # pragma: no cover - check_rows raised
 
     def _check_spec(self, version: int, spec_text: Optional[str]) -> List[str]:
         """The version's model input names, after checking it fits this job's features."""
@@ -186,19 +158,10 @@ class FollowModelStream(BroadcastProcessFunction):
         return list(data.get("input_names") or theirs.feature_cols)
 
     def _score(self, rows: List[Any]):
-        arrays = []
-        for position, feature in zip(self._positions, self._spec.features):
-            column = np.asarray([r[position] for r in rows], dtype=feature.input_dtype)
-            arrays.append(column.reshape(len(rows), feature.width))
-        output = np.asarray(self._runner.predict(arrays))
-        prediction_type = self._spec.prediction_type
-        if prediction_type.is_array:
-            values = output.reshape(len(rows), -1).astype(prediction_type.numpy_dtype).tolist()
-        else:
-            values = output.reshape(len(rows), -1)[:, 0].astype(
-                prediction_type.numpy_dtype).tolist()
+        arrays = feature_arrays(rows_to_columns(rows, self._positions), self._spec.features)
+        values = prediction_values(self._runner.predict(arrays), len(rows), self._spec)
         self._scored += len(rows)
-        for row, prediction in zip(rows, values):
+        for row, prediction in zip(rows, values.tolist()):
             yield Row(*row, prediction, self._version)
 
 
@@ -220,26 +183,3 @@ def _decode(data: bytes) -> tuple:
     header = json.loads(data[:end].decode("utf-8"))
     return (header["version"], header["time"], header["format"], data[end + 1:],
             header["spec"])
-
-
-def follow_model_stream(table: Table, model_data: Table, spec: ModelSpec, version_col: str,
-                        max_delay_ms: Optional[int], skip_invalid: bool,
-                        num_threads: int = 0) -> Table:
-    """``table`` plus the prediction and version columns, each row scored with the newest
-    model version of ``model_data`` (lazily: runs when the result is executed)."""
-    t_env = table._t_env
-    names, _ = table_columns(table)
-    positions = [names.index(c) for c in spec.feature_cols]
-    stream = planned(t_env, lambda: t_env.to_data_stream(table))
-    versions = model_data.select(col(version_col), *[col(c) for c in MODEL_DATA_FIELDS])
-    models = planned(t_env, lambda: t_env.to_data_stream(versions))
-    row_type = stream_type_of(stream)
-    output_type = Types.ROW_NAMED(
-        [*row_type.get_field_names(), spec.prediction_col, version_col],
-        [*row_type.get_field_types(), prediction_type_info(spec.prediction_type),
-         Types.LONG()])
-    parallelism = int(t_env.get_config().get("parallelism.default", "1") or 1)
-    scored = stream.connect(models.broadcast(MODEL_STATE)).process(
-        FollowModelStream(spec, positions, max_delay_ms, skip_invalid, num_threads,
-                          max(parallelism, 1)), output_type=output_type)
-    return t_env.from_data_stream(scored.name("flink-torch-ml follow model stream"))

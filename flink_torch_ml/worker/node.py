@@ -5,8 +5,6 @@ Free of Flink imports: the Flink operator (``operators.py``) hands it the rank, 
 index and a function returning the shard's columns.
 """
 
-import contextlib
-import datetime
 import json
 import os
 import sys
@@ -16,85 +14,19 @@ import traceback
 from typing import Callable, Dict, List, Optional, Union
 
 from .._defaults import ORPHANED_WORKER_GRACE, PEER_ERROR_GRACE
-from ..errors import WorkerError
-from ..dataplane.columns import Columns, column_shapes, concat_columns, conform_empty, decode_columns, \
-    encode_columns, sort_by_content
-from .context import NodeContext
-from ..client.failures import lost_peer
-from .job_spec import JobSpec
-from .orphan_guard import start_orphan_guard, write_stderr
+from ..core.distributed import lost_peer, run_process_group_settings
+from ..dataplane.columns import Columns, column_shapes, concat_columns, conform_empty, \
+    decode_columns, encode_columns, sort_by_content
 from ..dataplane.protocol import RunStore, wait_until
 from ..dataplane.rendezvous import connect
-from .shard import DataWriter, Shard, balance_plan
 from ..dataplane.store import StoreClient, torch_store
+from ..errors import WorkerError
+from .context import NodeContext
+from .job_spec import JobSpec
+from .orphan_guard import start_orphan_guard, write_stderr
+from .shard import DataWriter, Shard, balance_plan
 
-__all__ = ["WorkerRun", "run_node", "managed_process_group"]
-
-
-@contextlib.contextmanager
-def managed_process_group(seconds: float, store_factory: Optional[Callable[[int], object]] = None,
-                          master: Optional[Callable[[], Optional[tuple]]] = None):
-    """While the entry runs:
-    - ``dist.init_process_group`` calls without a timeout get ours (not torch's 30 minutes);
-    - a call that would rendezvous through ``env://`` at the address this run handed out
-      (``master()``) rendezvouses through the run's authenticated store instead
-      (``store_factory(n)``, a fresh prefix per init), so no unauthenticated TCPStore is
-      opened;
-    - destroying the default group is deferred until the entry has returned: freeing a DDP
-      model after its process group was destroyed can deadlock in ProcessGroupGloo's
-      destructor, and an entry's locals are freed only after it returns."""
-    import torch.distributed as dist
-
-    original_init, original_destroy = dist.init_process_group, dist.destroy_process_group
-    deferred = []
-    inits = [0]
-
-    def init_process_group(*args, **kwargs):
-        if deferred and dist.is_initialized():  # re-init after a deferred destroy
-            original_destroy()
-            deferred.clear()
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = datetime.timedelta(seconds=seconds)
-        if store_factory is not None and _uses_our_master(args, kwargs, master):
-            kwargs["store"] = store_factory(inits[0])
-            kwargs.pop("init_method", None)
-            kwargs.setdefault("rank", int(os.environ["RANK"]) if "RANK" in os.environ else None)
-            kwargs.setdefault("world_size", int(os.environ["WORLD_SIZE"])
-                              if "WORLD_SIZE" in os.environ else None)
-            if kwargs["rank"] is None or kwargs["world_size"] is None:
-                raise ValueError("init_process_group needs rank and world_size (pass them, or "
-                                 "set RANK and WORLD_SIZE)")
-        inits[0] += 1
-        return original_init(*args, **kwargs)
-
-    def destroy_process_group(group=None):
-        if group is None:
-            deferred.append(True)
-            return None
-        return original_destroy(group)
-
-    dist.init_process_group, dist.destroy_process_group = init_process_group, \
-        destroy_process_group
-    try:
-        yield
-    finally:
-        dist.init_process_group, dist.destroy_process_group = original_init, original_destroy
-        if dist.is_initialized():  # deferred, or the entry never destroyed it
-            original_destroy()
-
-
-def _uses_our_master(args, kwargs, master) -> bool:
-    """True when an init would rendezvous via ``env://`` at the master this run handed out."""
-    if kwargs.get("store") is not None or len(args) > 1:
-        return False
-    method = kwargs.get("init_method")
-    if method not in (None, "env://"):
-        return False
-    ours = master() if master is not None else None
-    if ours is None:
-        return False
-    return (os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")) == \
-        (ours[0], str(ours[1]))
+__all__ = ["WorkerRun", "run_node"]
 
 
 class WorkerRun:
@@ -265,8 +197,8 @@ def _run_claimed(spec: JobSpec, worker: WorkerRun, subtask: int, pid: int, colum
     def store_factory(n: int):
         return torch_store(run.store, f"{run.keys.process_group_prefix}{n}/")
 
-    with managed_process_group(spec.timeout, store_factory,
-                               lambda: context.master if context else None):
+    with run_process_group_settings(spec.timeout, store_factory,
+                                    lambda: context.master if context else None):
         try:
             received = columns() if callable(columns) else columns
             received_rows = len(received[0]) if received else 0

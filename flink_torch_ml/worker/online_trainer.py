@@ -1,321 +1,40 @@
 """Online training inside a Flink job: one subtask of a keyed process function per rank, alive
-as long as the job, emitting one model-version row per update. Runs in Flink's Python workers.
+as long as the job, emitting one model-version row per update. Runs in Flink's Python workers;
+the protocol and the updates themselves are ``core/online.py`` (through the training engine).
 
-Protocol (every rank runs the same sequence of collectives, so they always pair up):
-- a rank *syncs* when its buffer holds its share of ``global_batch_size`` rows, when its
-  heartbeat timer fires (every ``heartbeat_ms``: an idle or slower rank never leaves the
-  others waiting for longer than that), and at the end of a bounded input;
-- a sync all-gathers every rank's buffered row count and end-of-input flag; while the
-  buffers hold ``global_batch_size`` rows in all, an *update* takes exactly that many
-  (allocation computed identically on every rank); once every rank's input ended, a last
-  update takes what is left;
-- an update: each rank's gradient of (its rows' loss x its rows / update rows) is summed on
-  rank 0, which steps the optimizer and broadcasts the new weights; rank 0 then emits the
-  version row and writes version, weights and optimizer state to Flink keyed state, so a
-  checkpoint carries them and a restarted job continues from them (versions keep rising).
-Only rank 0 holds optimizer state, so restoring rank 0's state is restoring the run.
-
-With ``window_ms`` (event-time tumbling windows instead of ``global_batch_size``) rows are
-buffered by window; a sync (a window-end event-time timer, the heartbeat, the end of input)
-all-gathers the ranks' watermarks, and every window that ends at or before the smallest of them
-(all of them at the end of input) makes one update of all its rows, oldest window first. A row
-whose window was already trained on arrives late: it is dropped and counted, as Flink's window
-operators do with allowed lateness 0.
+Each element is a row for this rank's buffer (or a pad row that checks placement); a heartbeat
+timer and, for windows, event-time timers make the rank sync with the others; the end of a
+bounded input is the final watermark's timer. Rank 0 writes version, weights and optimizer
+state to Flink keyed state after each update, so a checkpoint carries them and a restarted
+job continues from them (versions keep rising).
 """
 
 import datetime
-import io
 import json
 import os
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction
 from pyflink.datastream.state import ValueStateDescriptor
 
-from ..core.types import DataType
-from ..errors import InvalidDataError, WorkerError
-from ..client.failures import lost_peer
+from ..core.distributed import abort_process_group, lost_peer
+from ..core.online import OnlineLearner, OnlineSpec
+from ..dataplane.protocol import RunStore
+from ..dataplane.rendezvous import connect
+from ..dataplane.store import torch_store
+from ..errors import WorkerError
 from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
-from ..dataplane.protocol import RunStore
-from ..dataplane.rendezvous import RendezvousInfo, connect
-from ..dataplane.store import torch_store
-from ..core.engine import _model_dtype, _tensor
 
-__all__ = ["OnlineSpec", "OnlineLearner", "OnlineTrainer", "allocate", "VERSION_FIELDS",
-           "END_OF_INPUT"]
+__all__ = ["OnlineTrainer", "VERSION_FIELDS", "END_OF_INPUT"]
 
-#: the model-data row's fields after the version column, in order
+#: the model-data row's fields after the version column
 VERSION_FIELDS = ("versionTime", "format", "model", "spec", "rowsTrained", "loss")
 #: the event-time timer that fires when a bounded input ends (Flink's final watermark)
 END_OF_INPUT = (1 << 63) - 1
-
-
-@dataclass
-class OnlineSpec:
-    """Everything the online trainer needs, shipped inside the Flink job."""
-
-    model: torch.nn.Module
-    loss: Callable
-    optimizer_creator: Callable
-    feature_cols: List[str]
-    feature_types: List[str]
-    label_col: str
-    label_type: str
-    global_batch_size: int
-    world_size: int
-    rendezvous: RendezvousInfo
-    timeout: float
-    heartbeat_ms: int
-    model_spec: Dict[str, Any]  # ModelSpec JSON of the version rows (input names included)
-    emit_initial: bool = False  # a warm start: publish the initial weights as version 0
-    seed: int = 0  # seeds torch on every rank (dropout and other randomness in the loss)
-    num_threads: int = 0
-    window_ms: Optional[int] = None  # event-time tumbling windows instead of global batches
-
-
-def allocate(counts: Sequence[int], batch: int) -> List[int]:
-    """How many buffered rows each rank gives to an update of ``batch`` rows: first each
-    rank's share (``batch / W``, the first ``batch % W`` ranks one more), then what is still
-    missing from the ranks with more, in rank order. Same answer on every rank."""
-    world = len(counts)
-    shares = [batch // world + (1 if r < batch % world else 0) for r in range(world)]
-    take = [min(c, s) for c, s in zip(counts, shares)]
-    missing = batch - sum(take)
-    for r in range(world):
-        if missing <= 0:
-            break
-        extra = min(counts[r] - take[r], missing)
-        take[r] += extra
-        missing -= extra
-    return take
-
-
-class _Update:
-    """One update's outcome on rank 0."""
-
-    def __init__(self, rows: int, loss: float, time_ms: int):
-        self.rows, self.loss, self.time_ms = rows, loss, time_ms
-
-
-class OnlineLearner:
-    """The distributed part, free of Flink: buffers rows, syncs, updates. ``emit`` receives
-    each update on rank 0 (the Flink function turns it into a version row and state)."""
-
-    def __init__(self, spec: OnlineSpec, rank: int):
-        self.spec, self.rank, self.world = spec, rank, spec.world_size
-        torch.manual_seed(spec.seed)
-        self.model = spec.model
-        self.float_dtype = _model_dtype(self.model)
-        self.optimizer = spec.optimizer_creator(self.model) if rank == 0 else None
-        self.buffer: List[Tuple[tuple, Any, int]] = []  # (features, label, timestamp ms)
-        self.version = 0
-        batch = spec.global_batch_size or 0
-        self.share = batch // self.world + (1 if rank < batch % self.world else 0)
-        self.finished = False
-        self.rows_trained = 0  # this rank's rows used in updates
-        self.rows_late = 0  # window mode: rows whose window was already trained on
-        self.trained_until = None  # window mode: windows ending at or before this are done
-        self.last_loss = float("nan")
-
-    def window_start(self, timestamp: int) -> int:
-        """The start of the event-time tumbling window holding ``timestamp`` (ms)."""
-        return timestamp - timestamp % self.spec.window_ms
-
-    # ------------------------------------------------------------------ rows
-    def add(self, features: tuple, label: Any, timestamp: Optional[int]) -> bool:
-        """Buffer one row; True when this rank holds its share of an update."""
-        for name, value in zip(self.spec.feature_cols, features):
-            if value is None:
-                raise InvalidDataError(f"Input column {name!r} holds NULL (online training, "
-                                       f"rank {self.rank})")
-        if label is None:
-            raise InvalidDataError(f"Label column {self.spec.label_col!r} holds NULL (online "
-                                   f"training, rank {self.rank})")
-        if self.spec.window_ms is not None:
-            if timestamp is None:
-                raise InvalidDataError(
-                    f"A row without event time reached online training with window_ms (rank "
-                    f"{self.rank}): the input table needs a time attribute (a WATERMARK in "
-                    f"its DDL)")
-            if self.trained_until is not None and \
-                    self.window_start(int(timestamp)) + self.spec.window_ms <= self.trained_until:
-                self.rows_late += 1  # its window was already trained on
-                return False
-            self.buffer.append((features, label, int(timestamp)))
-            return False  # windows are trained when the watermark passes them
-        self.buffer.append((features, label, -1 if timestamp is None else int(timestamp)))
-        return len(self.buffer) >= self.share
-
-    def _tensors(self, rows) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        spec = self.spec
-        features = []
-        for i, (name, type_name) in enumerate(zip(spec.feature_cols, spec.feature_types)):
-            data_type = DataType.from_name(type_name)
-            column = [r[0][i] for r in rows]
-            values = np.asarray(column, dtype=data_type.numpy_dtype) if not data_type.is_array \
-                else np.asarray([np.asarray(v, dtype=data_type.numpy_dtype) for v in column])
-            features.append(_tensor(values, data_type, name, self.float_dtype, False))
-        label_type = DataType.from_name(spec.label_type)
-        labels = np.asarray([r[1] for r in rows], dtype=label_type.numpy_dtype) \
-            if not label_type.is_array else \
-            np.asarray([np.asarray(r[1], dtype=label_type.numpy_dtype) for r in rows])
-        return features, _tensor(labels, label_type, spec.label_col, self.float_dtype, True)
-
-    # ------------------------------------------------------------------ collectives
-    def start(self, restored: Optional[Tuple[int, bytes, bytes]]) -> None:
-        """The first collective of every rank (after each start of the job): rank 0's
-        weights (restored from Flink state, or the initial ones) and version go to all."""
-        import torch.distributed as dist
-
-        if restored is not None and self.rank == 0:
-            version, weights, optimizer = restored
-            self.model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-            self.optimizer.load_state_dict(torch.load(io.BytesIO(optimizer),
-                                                      weights_only=True))
-            self.version = version
-        header = torch.tensor([self.version], dtype=torch.int64)
-        dist.broadcast(header, 0)
-        self.version = int(header.item())
-        for tensor in self.model.state_dict().values():
-            dist.broadcast(tensor, 0)
-
-    def sync(self, done: bool, watermark: Optional[int] = None) -> Iterator[_Update]:
-        """One sync (see the module's docstring); yields each update (on rank 0)."""
-        import torch.distributed as dist
-
-        if self.spec.window_ms is not None:
-            yield from self._sync_windows(done, watermark)
-            return
-        mine = torch.tensor([len(self.buffer), int(done)], dtype=torch.int64)
-        gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(self.world)]
-        dist.all_gather(gathered, mine)
-        counts = [int(g[0]) for g in gathered]
-        all_done = all(int(g[1]) for g in gathered)
-        batch = self.spec.global_batch_size
-        while True:
-            total = sum(counts)
-            if total >= batch:
-                take = allocate(counts, batch)
-            elif all_done and total > 0:
-                take, batch = list(counts), total
-            else:
-                break
-            rows = self.buffer[:take[self.rank]]
-            del self.buffer[:take[self.rank]]
-            counts = [c - t for c, t in zip(counts, take)]
-            update = self._update(rows, sum(take))
-            if update is not None:
-                yield update
-        if all_done:
-            self.finished = True
-
-    def _sync_windows(self, done: bool, watermark: Optional[int]) -> Iterator[_Update]:
-        """A window-mode sync: every window closed on all ranks makes one update."""
-        import torch.distributed as dist
-
-        low = -(1 << 63)
-        mine = torch.tensor([low if watermark is None else int(watermark), int(done)],
-                            dtype=torch.int64)
-        gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(self.world)]
-        dist.all_gather(gathered, mine)
-        all_done = all(int(g[1]) for g in gathered)
-        watermark = min(int(g[0]) for g in gathered)
-        size, none = self.spec.window_ms, (1 << 63) - 1
-        # a window [start, start + size) is complete once the watermark reaches its last ms
-        closed = none if all_done else (low if watermark < low + size else
-                                        self.window_start(watermark + 1))
-        ready: Dict[int, list] = {}  # this rank's rows of the closed windows, by window
-        waiting = []
-        for row in self.buffer:
-            start = self.window_start(row[2])
-            (ready.setdefault(start, []) if start + size <= closed else waiting).append(row)
-        self.buffer = waiting
-        while True:
-            oldest = torch.tensor([min(ready) if ready else none], dtype=torch.int64)
-            dist.all_reduce(oldest, op=dist.ReduceOp.MIN)
-            window = int(oldest.item())
-            if window == none:
-                break
-            rows = ready.pop(window, [])
-            total = torch.tensor([len(rows)], dtype=torch.int64)
-            dist.all_reduce(total)
-            update = self._update(rows, int(total.item()))
-            if update is not None:
-                update.time_ms = window + size - 1  # the window's end, FlinkML's model time
-                yield update
-        if closed != low:
-            self.trained_until = closed if self.trained_until is None else \
-                max(self.trained_until, closed)
-        if all_done:
-            self.finished = True
-
-    def _update(self, rows, total: int) -> Optional[_Update]:
-        import torch.distributed as dist
-
-        model = self.model
-        params = [p for p in model.parameters() if p.requires_grad]
-        model.train()
-        for p in params:
-            p.grad = None
-        loss_sum, newest = 0.0, max((r[2] for r in rows), default=-1)
-        if rows:
-            features, label = self._tensors(rows)
-            loss = self.spec.loss(model(*features), label)
-            if not torch.isfinite(loss):
-                raise InvalidDataError(f"The loss is {loss.item()} on an update of online "
-                                       f"training (rank {self.rank}); check the input and the "
-                                       f"learning rate")
-            (loss * (len(rows) / total)).backward()
-            loss_sum = float(loss.detach()) * len(rows)
-        grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                           for p in params])
-        dist.reduce(grads, 0)
-        stats = torch.tensor([loss_sum], dtype=torch.float64)
-        dist.all_reduce(stats)
-        stamp = torch.tensor([newest], dtype=torch.int64)
-        dist.all_reduce(stamp, op=dist.ReduceOp.MAX)
-        if self.rank == 0:
-            offset = 0
-            for p in params:
-                n = p.numel()
-                p.grad = grads[offset:offset + n].view_as(p).to(p.dtype)
-                offset += n
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, 0)
-        self.version += 1
-        self.rows_trained += len(rows)
-        self.last_loss = float(stats.item()) / total
-        if self.rank != 0:
-            return None
-        time_ms = int(stamp.item()) if int(stamp.item()) >= 0 else int(time.time() * 1000)
-        return _Update(total, float(stats.item()) / total, time_ms)
-
-    def state_bytes(self) -> Tuple[bytes, bytes]:
-        """Rank 0's weights and optimizer state, for Flink's keyed state."""
-        weights, optimizer = io.BytesIO(), io.BytesIO()
-        torch.save(self.model.state_dict(), weights)
-        torch.save(self.optimizer.state_dict(), optimizer)
-        return weights.getvalue(), optimizer.getvalue()
-
-
-def _torchscript(model: torch.nn.Module, spec_json: Dict[str, Any]) -> bytes:
-    from ..core.export import to_torchscript
-    from ..core.spec import ModelSpec
-
-    was_training = model.training
-    try:
-        return to_torchscript(model.eval(), ModelSpec.from_json(spec_json).sample_inputs())
-    finally:
-        model.train(was_training)
 
 
 class OnlineTrainer(KeyedProcessFunction):
@@ -372,7 +91,7 @@ class OnlineTrainer(KeyedProcessFunction):
             raise self._failure(error) from error
 
     def close(self) -> None:
-        _abort_process_group()
+        abort_process_group()
 
     # -------------------------------------------------------------- entry points
     def process_element(self, value, ctx):
@@ -451,21 +170,21 @@ class OnlineTrainer(KeyedProcessFunction):
         watermark = ctx.timer_service().current_watermark() \
             if self._spec.window_ms is not None else None
         for update in self._learner.sync(done, watermark):
-            yield self._version_row(self._learner.version, update.rows, update.loss,
-                                    update.time_ms)
+            if self._rank == 0:
+                yield self._version_row(self._learner.version, update.rows, update.loss,
+                                        update.time_ms)
         if self._rows_metric is not None and self._learner.rows_trained > before:
             self._rows_metric.inc(self._learner.rows_trained - before)
             self._rate_metric.mark_event(self._learner.rows_trained - before)
 
     def _version_row(self, version: int, rows: int, loss: float, time_ms: int):
+        """Rank 0: the version's row, after writing its state to Flink's keyed state."""
         learner = self._learner
-        if learner.optimizer is not None:
-            weights, optimizer = learner.state_bytes()
-            self._version_state.update(version)
-            self._weights_state.update(weights)
-            self._optimizer_state.update(optimizer)
-        model_bytes = _torchscript(learner.model, self._spec.model_spec)
-        return Row(version, time_ms, "torchscript", model_bytes,
+        weights, optimizer = learner.state_bytes()
+        self._version_state.update(version)
+        self._weights_state.update(weights)
+        self._optimizer_state.update(optimizer)
+        return Row(version, time_ms, "torchscript", learner.model_bytes(),
                    json.dumps(self._spec.model_spec), rows, loss)
 
     def _failure(self, error: BaseException) -> BaseException:
@@ -480,18 +199,9 @@ class OnlineTrainer(KeyedProcessFunction):
             earlier = self._run.peer_error(self._rank) if lost_peer(str(error)) else None
         except Exception:  # the store is gone: report our own error
             earlier = None
-        _abort_process_group()  # peers blocked in a collective fail now, not at the timeout
+        abort_process_group()  # peers blocked in a collective fail now, not at the timeout
         if earlier:
             return WorkerError(f"Online training rank {self._rank} of {world} stopped: "
                                f"{earlier}")
         return WorkerError(f"Online training rank {self._rank} of {world} failed: {text}")
 
-
-def _abort_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # pragma: no cover - best effort while failing
-            pass

@@ -22,17 +22,25 @@ from pyflink.table import DataTypes
 from pyflink.table.udf import AggregateFunction, ScalarFunction, TableFunction
 
 from .._compat import subtask_index
-from ..errors import WorkerError
-from ..dataplane.columns import columns_from_pandas, empty_columns
+from ..core.rows import TRAINING_ADVICE, Column, check_rows, column_arrays
+from ..dataplane.columns import Columns, empty_columns
 from ..dataplane.feed import FeedSender, FeedServer
-from .job_spec import JobSpec
-from .metrics import metric_group
-from .orphan_guard import start_orphan_guard
 from ..dataplane.protocol import FEED, RunStore, wait_until
 from ..dataplane.rendezvous import connect, local_address_towards
+from ..errors import WorkerError
+from .job_spec import JobSpec
+from .metrics import metric_group
 from .node import run_node
+from .orphan_guard import start_orphan_guard
 
-__all__ = ["FeedFunction", "NodeFunction", "ExplodeRows"]
+__all__ = ["FeedFunction", "NodeFunction", "ExplodeRows", "feed_columns"]
+
+
+def feed_columns(series, columns) -> Columns:
+    """One of Flink's batches, checked by the row rule (core.rows) and converted to the
+    numpy columns the feed ships."""
+    check_rows(series, columns, TRAINING_ADVICE)
+    return column_arrays(series, columns)
 
 
 def _run_store(spec: JobSpec) -> RunStore:
@@ -49,7 +57,8 @@ class FeedFunction(ScalarFunction):
         self._sender: Optional[FeedSender] = None
         self._run: Optional[RunStore] = None
         self._subtask = 0
-        self._types = spec.input_data_types()
+        self._columns = [Column(n, t) for n, t in zip(spec.input_names,
+                                                       spec.input_data_types())]
         self._fed = self._fed_rate = None  # Flink metrics, set in open()
 
     def is_deterministic(self) -> bool:
@@ -87,7 +96,7 @@ class FeedFunction(ScalarFunction):
         try:
             if self._sender is None:
                 self._sender = self._start()
-            self._sender.send(columns_from_pandas(series, spec.input_names, self._types))
+            self._sender.send(feed_columns(series, self._columns))
             if self._fed is not None:
                 self._fed.inc(len(series[0]))
                 self._fed_rate.mark_event(len(series[0]))

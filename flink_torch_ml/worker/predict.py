@@ -8,19 +8,18 @@ Each subtask reports Flink metrics under the group ``flink_torch_ml`` (see ``Sco
 import time
 from typing import Optional
 
+import numpy as np
 import pandas as pd
-from pyflink.table import Table
-from pyflink.table.expressions import col
-from pyflink.table.udf import FunctionContext, ScalarFunction, udf
+from pyflink.table.udf import FunctionContext, ScalarFunction
 
+from ..core.rows import SCORING_ADVICE, check_rows, feature_arrays, invalid_rows
+from ..core.runner import ModelRunner, prediction_values
+from ..core.spec import ModelSpec
+from ..errors import InvalidDataError
 from .metrics import metric_group
 from .orphan_guard import start_orphan_guard
-from ..errors import InvalidDataError
-from ..core.rows import features_to_arrays, invalid_rows, output_to_series, spread_output
-from ..core.runner import ModelRunner
-from ..core.spec import ModelSpec
 
-__all__ = ["PredictFunction", "ScoringMetrics", "predict_udf", "add_prediction_column"]
+__all__ = ["PredictFunction", "ScoringMetrics", "prediction_series", "spread_output"]
 
 
 class ScoringMetrics:
@@ -77,23 +76,26 @@ class PredictFunction(ScalarFunction):
 
     def eval(self, *series: pd.Series) -> pd.Series:
         rows = len(series[0])
+        features = self._spec.features
         keep = None
         if self._skip_invalid:  # score the valid rows; the others get NULL, dropped by Flink
-            bad = invalid_rows(series, self._spec)
+            bad = invalid_rows(series, features)
             if bad.any():
                 keep = ~bad
                 series = tuple(s[keep].reset_index(drop=True) for s in series)
                 if self._metrics is not None:
                     self._metrics.skipped.inc(int(bad.sum()))
+        else:
+            check_rows(series, features, SCORING_ADVICE)
         scored = len(series[0])
-        arrays = features_to_arrays(series, self._spec, not self._skip_invalid)
-        started = time.perf_counter()
-        output = self._runner.predict(arrays) if scored else None
-        if self._metrics is not None and scored:
-            self._metrics.record(scored, time.perf_counter() - started)
-        if output is None:
+        if not scored:
             return pd.Series([None] * rows, dtype=object)
-        result = output_to_series(output, scored, self._spec)
+        arrays = feature_arrays(series, features)
+        started = time.perf_counter()
+        output = self._runner.predict(arrays)
+        if self._metrics is not None:
+            self._metrics.record(scored, time.perf_counter() - started)
+        result = prediction_series(prediction_values(output, scored, self._spec), self._spec)
         if self._skip_invalid:
             _refuse_nan_predictions(result)
         return result if keep is None else spread_output(result, keep)
@@ -115,22 +117,18 @@ def _refuse_nan_predictions(result: pd.Series) -> None:
                 f"keeps them with a NULL prediction")
 
 
-def predict_udf(runner: ModelRunner, spec: ModelSpec, check_invalid: bool = True,
-                parallelism: Optional[int] = None):
-    """The Flink UDF object scoring ``spec.features`` columns into ``spec.prediction_type``."""
-    return udf(PredictFunction(runner, spec, check_invalid, parallelism),
-               result_type=spec.prediction_type.to_flink(), func_type="pandas")
+def prediction_series(values: np.ndarray, spec: ModelSpec) -> pd.Series:
+    """Prediction values (core.runner.prediction_values) as the UDF's result column."""
+    return pd.Series(list(values)) if spec.prediction_type.is_array else pd.Series(values)
 
 
-def add_prediction_column(table: Table, runner: ModelRunner, spec: ModelSpec,
-                          handle_invalid: str = "error",
-                          parallelism: Optional[int] = None) -> Table:
-    """``table`` plus the prediction column; with ``handle_invalid='skip'`` the UDF leaves
-    rows with an invalid feature (NULL, NaN, an array of the wrong length) unscored and counts
-    them (metric ``rowsSkippedInvalid``), and Flink drops them after it."""
-    function = predict_udf(runner, spec, handle_invalid == "error", parallelism)
-    prediction = function(*[col(c) for c in spec.feature_cols]).alias(spec.prediction_col)
-    scored = table.add_columns(prediction)
-    if handle_invalid == "skip":
-        scored = scored.filter(col(spec.prediction_col).is_not_null)
-    return scored
+def spread_output(valid: pd.Series, keep: np.ndarray) -> pd.Series:
+    """A result column for every row of a batch from the results of its ``keep`` rows: the
+    others get NULL (Flink then drops them)."""
+    if valid.dtype.kind == "f":  # NaN is NULL to Flink's Arrow conversion
+        full = np.full(len(keep), np.nan, dtype=valid.dtype)
+        full[keep] = valid.to_numpy()
+        return pd.Series(full)
+    full = np.full(len(keep), None, dtype=object)
+    full[np.flatnonzero(keep)] = valid.to_numpy(dtype=object)
+    return pd.Series(full, dtype=object)

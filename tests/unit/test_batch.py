@@ -3,8 +3,21 @@ import pandas as pd
 import pytest
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.core.rows import feature_array, output_to_series
+from flink_torch_ml.core.rows import SCORING_ADVICE, check_rows, feature_arrays
+from flink_torch_ml.core.runner import prediction_values
 from flink_torch_ml.core.spec import FeatureSpec, ModelSpec
+from flink_torch_ml.worker.predict import prediction_series
+
+
+def feature_array(series, feature, check_invalid=True):
+    """One column through the scoring UDF's steps: the row rule, then the model's array."""
+    if check_invalid:
+        check_rows([series], [feature], SCORING_ADVICE)
+    return feature_arrays([series], [feature])[0]
+
+
+def output_to_series(output, rows, spec):
+    return prediction_series(prediction_values(output, rows, spec), spec)
 
 
 def scalar(name="x", dtype="float32", data_type=DataType.FLOAT_64):
@@ -46,7 +59,7 @@ def test_null_array_and_wrong_length_array_raise():
     with pytest.raises(InvalidDataError, match="'v' holds NULL in 1 of 2"):
         feature_array(pd.Series([np.zeros(3), None]), array())
     with pytest.raises(InvalidDataError, match="'v' holds an array of length 2 in 1 of 2 rows; "
-                                               "the model expects arrays of length 3"):
+                                               "it expects arrays of length 3"):
         feature_array(pd.Series([np.zeros(3), np.zeros(2)]), array())
     with pytest.raises(InvalidDataError, match="NaN array elements"):
         feature_array(pd.Series([np.zeros(3), np.array([0, np.nan, 0])]), array())
@@ -74,7 +87,7 @@ def test_output_to_series_scalar_and_array():
 def test_invalid_rows_finds_null_nan_and_bad_arrays():
     from flink_torch_ml.core.rows import invalid_rows
 
-    spec = ModelSpec((scalar("x"), array("v", 2)), "p", DataType.FLOAT_64, 1)
+    spec = ModelSpec((scalar("x"), array("v", 2)), "p", DataType.FLOAT_64, 1).features
     x = pd.Series([1.0, None, float("nan"), 4.0, 5.0, 6.0, 7.0])
     v = pd.Series([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], None, [1.0], [1.0, float("nan")],
                    [1.0, None]])
@@ -85,7 +98,7 @@ def test_invalid_rows_finds_null_nan_and_bad_arrays():
 def test_spread_output_puts_null_where_rows_were_skipped(values, dtype):
     import pyarrow as pa
 
-    from flink_torch_ml.core.rows import spread_output
+    from flink_torch_ml.worker.predict import spread_output
 
     keep = np.array([True, False, True, False])
     full = spread_output(pd.Series(np.array(values, dtype=dtype)), keep)

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from flink_torch_ml import DataType, InvalidDataError
-from flink_torch_ml.dataplane.columns import (column_shapes, columns_from_pandas, concat_columns,
-                                            conform_empty, decode_columns, empty_columns,
-                                            encode_columns)
+from flink_torch_ml.core.rows import Column
+from flink_torch_ml.dataplane.columns import (column_shapes, concat_columns, conform_empty,
+                                              decode_columns, empty_columns, encode_columns)
+from flink_torch_ml.worker.operators import feed_columns
 
 
 def ragged(*rows):
@@ -43,12 +44,12 @@ def test_anything_but_arrow_is_refused(payload):
         decode_columns(payload)
 
 
-def test_from_pandas_names_the_column_with_nulls():
+def test_the_feed_names_the_column_with_nulls():
     series = [pd.Series([1.0, None]), pd.Series([[1.0], None], dtype=object)]
     with pytest.raises(InvalidDataError, match="'x' holds NULL or NaN in 1 of 2"):
-        columns_from_pandas(series[:1], ["x"], [DataType.FLOAT_64])
+        feed_columns(series[:1], [Column("x", DataType.FLOAT_64)])
     with pytest.raises(InvalidDataError, match="'v' holds NULL in 1 of 2"):
-        columns_from_pandas(series[1:], ["v"], [DataType.FLOAT_32_ARRAY])
+        feed_columns(series[1:], [Column("v", DataType.FLOAT_32_ARRAY)])
 
 
 def test_an_empty_shard_takes_its_peers_shapes_and_concatenates_with_them():

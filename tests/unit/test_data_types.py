@@ -4,7 +4,8 @@ import torch
 from pyflink.table import DataTypes
 
 from flink_torch_ml import DataType, UnsupportedTypeError
-from flink_torch_ml.data_types import flink_type_to_string, parse_type_names, type_names
+from flink_torch_ml.data_types import (data_type_of, flink_type, flink_type_to_string,
+                                       parse_type_names, type_names)
 
 
 @pytest.mark.parametrize("name, flink, torch_dtype, numpy_dtype", [
@@ -18,16 +19,16 @@ from flink_torch_ml.data_types import flink_type_to_string, parse_type_names, ty
 def test_seed_names_map_to_flink_torch_and_numpy(name, flink, torch_dtype, numpy_dtype):
     data_type = DataType.from_name(name)
     assert data_type.type_name == name
-    assert data_type.to_flink() == flink
-    assert DataType.from_flink(flink) is data_type
+    assert flink_type(data_type) == flink
+    assert data_type_of(flink) is data_type
     assert data_type.torch_dtype == torch_dtype
     assert data_type.numpy_dtype == np.dtype(numpy_dtype)
 
 
 def test_not_null_flink_types_map_too():
-    assert DataType.from_flink(DataTypes.DOUBLE(False)) is DataType.FLOAT_64
-    assert DataType.from_flink(DataTypes.STRING()) is DataType.STRING
-    assert DataType.from_flink(DataTypes.BOOLEAN()) is DataType.BOOLEAN
+    assert data_type_of(DataTypes.DOUBLE(False)) is DataType.FLOAT_64
+    assert data_type_of(DataTypes.STRING()) is DataType.STRING
+    assert data_type_of(DataTypes.BOOLEAN()) is DataType.BOOLEAN
     assert not DataType.BOOLEAN.is_numeric and not DataType.STRING.is_numeric
 
 
@@ -44,7 +45,7 @@ def test_aliases(alias, expected):
                                    DataTypes.TIMESTAMP(3), DataTypes.ARRAY(DataTypes.STRING())])
 def test_unsupported_flink_type_names_the_column(flink):
     with pytest.raises(UnsupportedTypeError, match="Column 'c' has unsupported type"):
-        DataType.from_flink(flink, "c")
+        data_type_of(flink, "c")
 
 
 def test_unsupported_type_error_is_also_type_and_value_error():

@@ -5,6 +5,7 @@ import pytest
 from flink_torch_ml import InvalidDataError, SchemaError, TaskManagerLostError, WorkerError
 from flink_torch_ml.errors import worker_error_class
 from flink_torch_ml.client import failures
+from flink_torch_ml.core.distributed import lost_peer
 
 TRACE = "org.apache.flink.runtime.JobException: Recovery is suppressed\n\tat org.foo(Bar.java:1)\n"
 
@@ -47,9 +48,9 @@ def test_a_collective_broken_by_a_lost_peer_is_recognised():
     gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
             "closed by peer [127.0.0.1]:7875. This is typically caused by a remote worker "
             "crashing.")
-    assert failures.lost_peer(gloo)
-    assert failures.lost_peer("RuntimeError: [gloo] ... Connection reset by peer")
-    assert not failures.lost_peer("ValueError: bad loss on purpose")
+    assert lost_peer(gloo)
+    assert lost_peer("RuntimeError: [gloo] ... Connection reset by peer")
+    assert not lost_peer("ValueError: bad loss on purpose")
     from flink_torch_ml.errors import is_retriable
     assert is_retriable(worker_error_class("WorkerLostError")("x"))
     assert not is_retriable(worker_error_class("ValueError")("x"))

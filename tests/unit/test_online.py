@@ -8,7 +8,7 @@ from pyflink.common import Row
 
 from flink_torch_ml.data_types import DataType
 from flink_torch_ml.errors import InvalidDataError, ModelFormatError
-from flink_torch_ml.worker.online_trainer import allocate
+from flink_torch_ml.core.online import allocate
 from flink_torch_ml.core.export import to_torchscript
 from flink_torch_ml.worker.follow import FollowModelStream, _decode, _encode
 from flink_torch_ml.core.spec import FeatureSpec, ModelSpec
@@ -139,7 +139,7 @@ def test_window_mode_makes_one_update_per_closed_window_and_drops_late_rows():
 
     import torch.distributed as dist
 
-    from flink_torch_ml.worker.online_trainer import OnlineLearner, OnlineSpec
+    from flink_torch_ml.core.online import OnlineLearner, OnlineSpec
 
     torch.manual_seed(0)
     spec = OnlineSpec(

@@ -64,7 +64,7 @@ def test_validation_by_fraction_holds_out_rows_and_reports_its_loss():
 def test_nan_and_empty_input_are_clear_errors():
     columns = data(10)
     columns[1][3] = np.nan
-    with pytest.raises(InvalidDataError, match="'b' holds NaN in 1 of 10"):
+    with pytest.raises(InvalidDataError, match="'b' holds NULL or NaN in 1 of 10"):
         fit_worker(0, 1, columns, settings())
     with pytest.raises(InvalidDataError, match="empty"):
         fit_worker(0, 1, [c[:0] for c in data(10)], settings())
