@@ -1,13 +1,7 @@
 """flink-torch-ml: train PyTorch models inside Apache Flink jobs and score Flink tables with them.
 
-Importing the package makes PyFlink start Python workers as separate processes (its "process"
-mode) for environments created afterwards, unless ``_python_worker_execution_mode`` is already
-set: distributed PyTorch workers cannot share the client process (PyFlink's local default).
+Importing the package changes nothing outside it and imports none of its modules.
 """
-
-import os as _os
-
-_os.environ.setdefault("_python_worker_execution_mode", "process")
 
 # Names resolve on first use (PEP 562), so importing the package imports none of its modules.
 # Flink starts the Python functions of a job in concurrent threads of one worker process, each
@@ -18,6 +12,8 @@ _os.environ.setdefault("_python_worker_execution_mode", "process")
 _EXPORTS = {
     "__version__": "._version",
     "pytorch_utils": None,
+    "callbacks": None,
+    "training": None,
     "PyTorchClusterConfig": ".cluster_config",
     "PyTorchContext": ".context",
     "DataType": ".data_types",
@@ -31,13 +27,13 @@ _EXPORTS = {
     "Pipeline": ".pipeline",
     "PipelineModel": ".pipeline",
     "prepare_planner": ".client.planner",
-    "Callback": ".core.callbacks",
-    "EarlyStopping": ".core.callbacks",
-    "LRScheduler": ".core.callbacks",
-    "ModelCheckpoint": ".core.callbacks",
-    "MLflowLogger": ".core.loggers",
-    "TensorBoardLogger": ".core.loggers",
-    "TrainingLoop": ".core.engine",
+    "Callback": ".callbacks",
+    "EarlyStopping": ".callbacks",
+    "LRScheduler": ".callbacks",
+    "ModelCheckpoint": ".callbacks",
+    "MLflowLogger": ".callbacks",
+    "TensorBoardLogger": ".callbacks",
+    "TrainingLoop": ".training",
     **{name: ".errors" for name in (
         "AuthenticationError", "CheckpointError", "ChecksumMismatchError", "ConfigurationError",
         "FeedError",
@@ -87,6 +83,8 @@ __all__ = [
     "create_table_environment",
     "prepare_planner",
     "pytorch_utils",
+    "callbacks",
+    "training",
     "PyTorchClusterConfig",
     "PyTorchContext",
     "WorkerError",

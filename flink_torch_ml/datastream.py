@@ -20,7 +20,7 @@ from .core.rows import check_rows, feature_arrays
 from .core.runner import prediction_values
 from .errors import SchemaError
 from .model import PyTorchModel
-from .worker.orphan_guard import start_orphan_guard
+from .worker.orphan_guard import in_python_worker, start_orphan_guard
 from .client.planner import planned
 
 __all__ = ["score_data_stream", "ModelMapFunction"]
@@ -65,7 +65,8 @@ class ModelMapFunction(MapFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         start_orphan_guard()
-        self._runner.open(runtime_context.get_number_of_parallel_subtasks())
+        self._runner.open(runtime_context.get_number_of_parallel_subtasks(),
+                          in_python_worker())
 
     def close(self) -> None:
         self._runner.close()

@@ -2,41 +2,30 @@
 PyTorch inside a Flink job and returns a PyTorchModel. The user never writes a training loop.
 """
 
-import contextlib
 import json
-import logging
 import os
 import pickle
-import threading
-import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from pyflink.table import StatementSet, Table
 from pyflink.table.expressions import col
 
 from .api import Estimator, write_flinkml_metadata
+from .client.fit import BatchFit, ResumeSettings
+from .client.schema import checked_columns
+from .core.callbacks import Callback, LRScheduler
+from .core.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
+    newest_checkpoint
+from .core.engine import BUILTIN_METRICS, TrainingLoop, TrainSettings, resolve_metrics
 from .data_types import DataType
 from .errors import CheckpointError, ConfigurationError, UnsupportedTypeError
 from .model import PyTorchModel
 from .params import (BooleanParam, HasBatchSize, HasFeatureCols, HasLabelCol, HasMaxEpochs,
                      HasPredictionCol, HasSeed, HasTimeout, HasWorkerNum, IntParam, ObjectParam,
                      ParamValidator, ParamValidators, StringParam)
-from .client.run import DistributedRun
-from .client.schema import checked_columns
-from .worker.estimator_entry import EstimatorEntry, ResumeSettings, TrainedResult, \
-    read_trained, trained_module
-from .client.job import results_sink
-from .client.progress import EpochPrinter
-from .dataplane.protocol import RunStore
-from .core.callbacks import Callback, LRScheduler
-from .core.checkpoint import check_compatible, ensure_writable, find_checkpoints, \
-    newest_checkpoint
-from .core.engine import BUILTIN_METRICS, TrainingLoop, TrainSettings, resolve_metrics
 
-__all__ = ["PyTorchEstimator"]
-
-log = logging.getLogger("flink_torch_ml")
+__all__ = ["PyTorchEstimator", "check_training_params", "save_estimator", "load_estimator"]
 
 def check_training_params(stage) -> Tuple[torch.nn.Module, Callable, Callable]:
     """What every estimator needs before it reads a table: a module, a loss, an optimizer
@@ -71,17 +60,6 @@ def _is_validation(value) -> bool:
 def _is_callbacks(value) -> bool:
     return value is None or (isinstance(value, (list, tuple))
                              and all(isinstance(c, Callback) for c in value))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def _log(message: str, verbose: bool) -> None:
-    log.warning("flink-torch-ml: %s", message)
-    if verbose:
-        print(f"[flink-torch-ml] {message}", flush=True)
 
 
 def _is_metrics(value) -> bool:
@@ -273,7 +251,15 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
 
     # ------------------------------------------------------------------ fit
     def fit(self, *inputs: Table) -> PyTorchModel:
-        """Train on ``inputs[0]`` inside a Flink job; return the trained PyTorchModel."""
+        """Train on ``inputs[0]`` inside a Flink job; return the trained PyTorchModel.
+
+        Changes to the table environment's configuration (its jobs need them): Python
+        functions run in worker processes (``python.loopback-server.address`` removed),
+        ``parallelism.default`` = ``worker_num`` (restored after a fit that runs now),
+        ``pipeline.max-parallelism`` = 128, and where unset ``python.executable`` (this
+        interpreter), ``slot.request.timeout`` (the timeout) and
+        ``python.fn-execution.arrow.batch.size``/``bundle.size`` (10,000).
+        """
         if len(inputs) != 1:
             raise ValueError(f"fit takes exactly one table, got {len(inputs)}")
         table = inputs[0]
@@ -285,24 +271,16 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
             raise ValueError("max_failures needs fit to run the job itself: a fit added to a "
                              "StatementSet runs when the set executes, where it cannot be "
                              "resubmitted; drop statement_set or set max_failures=0")
-        run = DistributedRun(table.select(*[col(c) for c in select]),
-                             EstimatorEntry(settings, resume), self.get_worker_num(), {},
-                             self.get_timeout(),
-                             ship_by_value=[settings.model, settings.loss,
-                                            settings.optimizer_creator, settings.loop,
-                                            *settings.callbacks, *settings.metrics.values()],
-                             by_content=True)
-        training = _Training(run, settings, self.get_verbose(), self.get_max_failures(),
-                             resume)
-        model = PyTorchModel._from_training(
-            training, settings.feature_cols,
-            [DataType.from_name(t) for t in settings.feature_types],
+        fit = BatchFit(table.select(*[col(c) for c in select]), settings,
+                       self.get_worker_num(), self.get_timeout(), self.get_verbose(),
+                       self.get_max_failures(), resume)
+        model = PyTorchModel._from_fit(
+            fit, settings.feature_cols, [DataType.from_name(t) for t in settings.feature_types],
             self.get_prediction_col(), table._t_env)
         if self._statement_set is not None:
-            self._statement_set.add_insert(results_sink(), run.results)
-            training.run_later()
+            fit.run_in(self._statement_set)
         else:
-            training.run_now()
+            fit.run_now()
         return model
 
     def _settings(self, table: Table):
@@ -392,99 +370,3 @@ def load_estimator(cls, path: str):
     for name, value in {**params, **objects}.items():
         estimator.set(estimator._param_by_name(name), value)
     return estimator
-
-
-class FitOutcome(NamedTuple):
-    """What a fit hands the model it returns."""
-
-    module: torch.nn.Module
-    feature_widths: List[int]
-    history: List[Dict[str, Any]]
-    summaries: List[Dict[str, Any]]  # one per rank (eager fits only)
-
-
-class _Training:
-    """The client's handle on the fit that produces a PyTorchModel's weights: runs it now
-    (with up to ``max_failures`` new attempts, each resuming from the newest checkpoint), or
-    lets a StatementSet run it later (then keeps the result once the job is done and
-    releases the run's store)."""
-
-    def __init__(self, run: DistributedRun, settings: TrainSettings, verbose: bool,
-                 max_failures: int = 0, resume: Optional[ResumeSettings] = None):
-        self._run, self._settings = run, settings
-        self._verbose, self._max_failures = verbose, max_failures
-        self._resume = resume or ResumeSettings()
-        self._lock = threading.Lock()
-        self._trained: Optional[TrainedResult] = None
-        self._summaries: List[Dict[str, Any]] = []
-
-    def _printer(self) -> EpochPrinter:
-        return EpochPrinter(self._run.run_store(), self._settings.max_epochs, self._verbose)
-
-    def run_now(self) -> None:
-        def announce(error: BaseException, attempt: int) -> None:
-            where = self._resume.checkpoint_dir
-            _log(f"attempt {attempt - 1} failed ({_first_line(error)}); starting attempt "
-                 f"{attempt} of {self._max_failures + 1}, resuming from "
-                 + (f"the newest checkpoint in {where!r}" if where else
-                    "the start (no checkpoint_dir)"), self._verbose)
-
-        @contextlib.contextmanager
-        def printing():
-            printer = self._printer()
-            printer.start()
-            try:
-                yield
-            finally:
-                printer.stop()
-
-        try:
-            self._summaries = self._run.collect_with_retries(self._max_failures, announce,
-                                                             printing)
-            self._trained = read_trained(self._run.run_store())
-        finally:
-            self._run.release()
-
-    def run_later(self) -> None:
-        printer = self._printer()
-        printer.start()
-
-        me = weakref.ref(self)  # the janitor's thread must not hold (and free) Java objects
-
-        def keep(run: RunStore) -> None:
-            printer.stop()
-            trained = read_trained(run)
-            holder = me()
-            if holder is not None:
-                with holder._lock:
-                    holder._trained = trained
-
-        self._run.release_when_done(keep)
-
-    def _current(self) -> Optional[TrainedResult]:
-        with self._lock:
-            if self._trained is None and not self._run.released:
-                try:
-                    self._trained = read_trained(self._run.run_store())
-                except OSError:  # released meanwhile
-                    pass
-            return self._trained
-
-    def ready(self) -> bool:
-        return self._current() is not None
-
-    def result(self) -> Optional[FitOutcome]:
-        trained = self._current()
-        if trained is None:
-            return None
-        return FitOutcome(trained_module(self._settings, trained), trained.feature_widths,
-                          trained.history, self._summaries)
-
-    def request_save(self, path: str, format: str, overwrite: bool, prediction_col: str,
-                     extra: Dict[str, Any]) -> None:
-        """Ask the workers to write the model at ``path`` once trained (a lazy fit)."""
-        run = self._run.run_store()
-        index = run.add(run.keys.save_requests, 1) - 1
-        run.set_json(run.keys.save_request(index), {
-            "path": os.path.abspath(path), "format": format, "overwrite": overwrite,
-            "prediction_col": prediction_col, "extra": extra})

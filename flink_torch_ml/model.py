@@ -17,8 +17,7 @@ from pyflink.table.expressions import col
 from ._compat import table_columns
 from .api import Model
 from .data_types import DataType
-from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaError, \
-    UnsupportedTypeError
+from .errors import ModelExportError, ModelFormatError, NotFittedError, SchemaError
 from .params import (HasFeatureCols, HasHandleInvalid, HasNumThreads, HasPredictionCol, IntParam,
                      IntArrayParam, ParamValidators, StringParam)
 from .client.planner import planned
@@ -89,34 +88,52 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
                           model_version_col=model_version_col,
                           max_allowed_model_delay_ms=max_allowed_model_delay_ms)
         self._module = model
-        self._model_stream: Optional[Table] = None  # an unbounded model-data table to follow
+        # Where the model comes from: a module (``_module``), saved bytes (``_saved``: loaded,
+        # or read from a model-data table), a fit that will produce it (``_fit``), or an
+        # unbounded model-data table to follow (``_model_stream``, with ``_keep_alive``:
+        # what its job needs in this process, the online fit's store).
+        self._model_stream: Optional[Table] = None
+        self._keep_alive: Any = None
         self._saved: Optional[SavedModel] = None
         self._spec: Optional[ModelSpec] = None
         self._torchscript_cache: Dict[Tuple, bytes] = {}
         self._feature_types: Optional[List[DataType]] = None  # column types known w/o a table
-        self._training = None  # a fit whose job will produce this model's weights
+        self._fit = None  # a client.fit.BatchFit whose job will produce this model's weights
         self._t_env = None
         self._history: List[Dict[str, Any]] = []
         self._worker_summaries: List[Dict[str, Any]] = []
 
     @classmethod
-    def _from_training(cls, training, feature_cols: Sequence[str],
-                       feature_types: Sequence[DataType], prediction_col: str,
-                       t_env) -> "PyTorchModel":
+    def _from_fit(cls, fit, feature_cols: Sequence[str], feature_types: Sequence[DataType],
+                  prediction_col: str, t_env) -> "PyTorchModel":
         """The model ``PyTorchEstimator.fit`` returns: its weights, widths and history come
-        from ``training`` (``result()`` gives them once the job ran; ``request_save`` asks
-        the job to write the model when it is fitted lazily in a StatementSet)."""
+        from ``fit`` (a ``client.fit.BatchFit``: ``result()`` gives them once the job ran;
+        ``request_save`` asks the job to write the model when it is fitted lazily in a
+        StatementSet)."""
         model = cls(None, list(feature_cols), prediction_col)
         model._feature_types = list(feature_types)
         model._t_env = t_env
-        model._training = training
+        model._fit = fit
+        return model
+
+    @classmethod
+    def _following(cls, versions: Table, module: torch.nn.Module, spec: ModelSpec,
+                   keep_alive: Any = None, **params: Any) -> "PyTorchModel":
+        """The model ``OnlinePyTorchEstimator.fit`` returns: it scores with the newest
+        version of the model-data table ``versions`` (whose versions are shaped like
+        ``module`` and ``spec``); ``keep_alive`` is what its job needs in this process."""
+        model = cls(module, spec.feature_cols, spec.prediction_col, **params)
+        model._spec = spec
+        model._t_env = versions._t_env
+        model._model_stream = versions
+        model._keep_alive = keep_alive
         return model
 
     # ----------------------------------------------------------------- accessors
     @property
     def history(self) -> List[Dict[str, Any]]:
         """Per-epoch training metrics of a model produced by PyTorchEstimator.fit."""
-        if self._training is not None and self._training.ready():
+        if self._fit is not None and self._fit.ready():
             self._resolve_training()
         return self._history
 
@@ -131,9 +148,9 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
 
     def _resolve_training(self) -> None:
         """Take the trained weights from the fit that produces this model (once)."""
-        if self._training is None:
+        if self._fit is None:
             return
-        result = self._training.result()
+        result = self._fit.result()
         if result is None:
             raise NotFittedError("The model is not trained yet: its training job runs when "
                                  "the StatementSet passed to PyTorchEstimator executes")
@@ -141,7 +158,7 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         self.set(self.FEATURE_WIDTHS, list(result.feature_widths))
         self._history = list(result.history)
         self._worker_summaries = list(result.summaries)
-        self._training = None
+        self._fit = None
 
     @property
     def model(self) -> Optional[torch.nn.Module]:
@@ -226,9 +243,9 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
             raise ValueError(f"Unknown format {format!r}; use one of {', '.join(FORMATS)}")
         extra = {"handle_invalid": self.get_handle_invalid(),
                  "num_threads": self.get_num_threads()}
-        if self._training is not None and not self._training.ready():
+        if self._fit is not None and not self._fit.ready():
             # fitted lazily into a StatementSet: the worker writes it when the job runs
-            self._training.request_save(path, format, overwrite, self.get_prediction_col(),
+            self._fit.request_save(path, format, overwrite, self.get_prediction_col(),
                                         extra)
             return
         self._resolve_training()
@@ -321,7 +338,7 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         names = spec_json.get("input_names") or spec.feature_cols
         saved_spec = spec.with_feature_names(names)
         self._saved = SavedModel(fmt, payload, saved_spec, {"input_names": names})
-        self._module, self._training, self._spec = None, None, saved_spec
+        self._module, self._fit, self._spec = None, None, saved_spec
         self._t_env = inputs[0]._t_env
         self.set(self.FEATURE_COLS, list(names))
         self.set(self.PREDICTION_COL, spec.prediction_col)

@@ -25,20 +25,14 @@ from .model import PyTorchModel
 from .params import (HasFeatureCols, HasLabelCol, HasPredictionCol, HasSeed, HasTimeout,
                      HasWorkerNum, IntArrayParam, IntParam, ObjectParam, ParamValidators,
                      StringParam)
-from .client.run import host_rendezvous
-from .client.job import check_environment
-from .client.online_job import model_data_table, rowtime_field
+from .client.job import check_environment, use_process_workers
+from .client.online_fit import OnlineFit
+from .client.online_job import rowtime_field
 from .core.online import OnlineSpec
 from .core.engine import resolve_metrics
-from .dataplane.rendezvous import RendezvousServer
 from .core.spec import spec_for_module
 
 __all__ = ["OnlinePyTorchEstimator"]
-
-#: the stores of online runs: they must outlive ``fit`` (the job runs later, for as long as
-#: it runs, and rendezvouses again after each restart), so they live as long as this process
-_stores: Dict[str, RendezvousServer] = {}
-
 
 class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
                              HasWorkerNum, HasSeed, HasTimeout):
@@ -129,7 +123,13 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     # ------------------------------------------------------------------ fit
     def fit(self, *inputs: Table) -> PyTorchModel:
         """Define the online training job on ``inputs[0]`` (unbounded or bounded: a bounded
-        table trains to its end and publishes a last version over the remaining rows)."""
+        table trains to its end and publishes a last version over the remaining rows).
+
+        Changes to the table environment's configuration (its jobs need them): Python
+        functions run in worker processes (``python.loopback-server.address`` removed), and
+        where unset ``python.executable`` (this interpreter) and
+        ``python.fn-execution.bundle.time`` (100 ms: a version leaves a rank when its
+        bundle ends)."""
         if len(inputs) != 1:
             raise ValueError(f"fit takes exactly one table, got {len(inputs)}")
         table = inputs[0]
@@ -139,6 +139,7 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         t_env = table._t_env
         world = self.get_worker_num()
         check_environment(t_env, world)
+        use_process_workers(t_env)
         config = t_env.get_config()
         if config.get("python.fn-execution.bundle.time", None) is None:
             # a version row leaves the trainer when its bundle ends: Flink's default (1 s)
@@ -158,27 +159,21 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         spec = spec_for_module(model, feature_cols, feature_types, widths,
                                self.get_prediction_col())
         spec_json = dict(spec.to_json(), input_names=spec.feature_cols)
-        server = host_rendezvous(t_env, self.get_timeout())
-        _stores[server.run_id] = server
+        run = OnlineFit(t_env, self.get_timeout())
         online = OnlineSpec(
             model=model, loss=loss, optimizer_creator=creator, feature_cols=feature_cols,
             feature_types=[t.type_name for t in feature_types], label_col=label_col,
             label_type=label_type.type_name, global_batch_size=self.get_global_batch_size(),
-            world_size=world, rendezvous=server.info(), timeout=self.get_timeout(),
+            world_size=world, rendezvous=run.rendezvous, timeout=self.get_timeout(),
             heartbeat_ms=ONLINE_HEARTBEAT_MS, model_spec=spec_json,
             emit_initial=initial is not None, seed=self.get_seed(),
             window_ms=self.get_window_ms(), feature_widths=widths,
             metrics=resolve_metrics(self.get(self.METRICS)),
             callbacks=list(self.get(self.CALLBACKS) or []), loop=self.get(self.TRAINING_LOOP))
-        versions = model_data_table(t_env, table, online, self.get_model_version_col())
-        result = PyTorchModel(copy.deepcopy(model), feature_cols, self.get_prediction_col(),
-                              feature_widths=widths,
-                              model_version_col=self.get_model_version_col())
-        result._spec = spec
-        result._t_env = t_env
-        result._model_stream = versions
-        result._online_store = server  # keeps the store up while the model is referenced
-        return result
+        versions = run.model_data(table, online, self.get_model_version_col())
+        return PyTorchModel._following(versions, copy.deepcopy(model), spec, keep_alive=run,
+                                       feature_widths=widths,
+                                       model_version_col=self.get_model_version_col())
 
     def _check_settings(self):
         model, loss, creator = check_training_params(self)

@@ -29,6 +29,13 @@ def train(statement_set: Optional[StatementSet], config: PyTorchClusterConfig, t
     (``rank``, ``rows``, ``pid``, ``seconds``; ``entry_result`` when the entry returned a
     JSON-able value). A failing worker raises ``WorkerError`` naming the rank, with its
     traceback.
+
+    Changes to the table environment's configuration (its jobs need them): Python
+    functions run in worker processes (``python.loopback-server.address`` removed),
+    ``parallelism.default`` = ``world_size`` (restored after a run without a StatementSet),
+    ``pipeline.max-parallelism`` = 128, and where unset ``python.executable`` (this
+    interpreter), ``slot.request.timeout`` (the timeout) and
+    ``python.fn-execution.arrow.batch.size``/``bundle.size`` (10,000).
     """
     if statement_set is not None:
         _check_statement_set(statement_set)

@@ -12,7 +12,6 @@ Mechanism (see the README's "How training runs"; the functions are in ``operator
   subtask a key lands on, so shard r runs on subtask r.
 """
 
-import os
 import re
 import sys
 import uuid
@@ -30,10 +29,10 @@ from ..worker.operators import ExplodeRows, FeedFunction, NodeFunction
 from .planner import planned
 from .schema import data_type_of, flink_type
 
-__all__ = ["check_environment", "configure_job", "shard_keys", "stream_shard_keys",
-           "keys_per_subtask", "default_python_executable", "node_results_table",
-           "explode_rows_udtf", "check_input_types", "is_local", "results_sink",
-           "unbounded_sources"]
+__all__ = ["check_environment", "configure_job", "use_process_workers", "shard_keys",
+           "stream_shard_keys", "keys_per_subtask", "default_python_executable",
+           "node_results_table", "explode_rows_udtf", "check_input_types", "is_local",
+           "results_sink", "unbounded_sources"]
 
 SHARD, ROWTIME = "__ftm_shard", "__ftm_rowtime"
 
@@ -52,12 +51,6 @@ def check_environment(t_env, world_size: int) -> None:
         raise ValueError("Distributed PyTorch needs streaming mode (the workers must all run "
                          "at the same time); this environment is in batch mode. Bounded tables "
                          "work in streaming mode too")
-    if config.get("python.loopback-server.address", None) and \
-            os.environ.get("_python_worker_execution_mode") != "process":
-        raise ValueError("This TableEnvironment runs Python functions inside the client "
-                         "process (PyFlink's loopback mode), where PyTorch workers cannot run "
-                         "in parallel: import flink_torch_ml before creating the environment "
-                         "(or set os.environ['_python_worker_execution_mode'] = 'process')")
     slots = config.get("taskmanager.numberOfTaskSlots", None)
     if slots is not None and int(slots) < world_size and is_local(t_env):
         raise ValueError(f"world_size={world_size} PyTorch workers must run at the same time, "
@@ -65,11 +58,36 @@ def check_environment(t_env, world_size: int) -> None:
                          f"{slots}; raise it to at least {world_size} or lower world_size")
 
 
-def configure_job(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
-    """Set what the run's job needs in the environment's configuration: the workers'
-    interpreter, W as parallelism, a pinned max parallelism (shard keys depend on it),
-    bounded slot requests and the feed's batch sizes (unless configured)."""
+#: where PyFlink's "loopback" mode (Python functions run inside the client) is configured
+LOOPBACK_ADDRESS = "python.loopback-server.address"
+
+
+def use_process_workers(t_env) -> None:
+    """Run this environment's Python functions in Flink's Python worker processes, never in
+    the client process (PyFlink's "loopback" mode, its default on the embedded
+    mini-cluster): removes ``python.loopback-server.address`` from the table and execution
+    configuration. Each PyTorch rank needs a process of its own."""
     config = t_env.get_config()
+    if config.get(LOOPBACK_ADDRESS, None) is None:
+        return
+    from pyflink.java_gateway import get_gateway
+
+    option = get_gateway().jvm.org.apache.flink.python.PythonOptions \
+        .PYTHON_LOOPBACK_SERVER_ADDRESS
+    config._j_table_config.getConfiguration().removeConfig(option)
+    try:
+        t_env._get_j_env().getConfiguration().removeConfig(option)
+    except Exception:  # pragma: no cover - a read-only execution configuration
+        pass
+
+
+def configure_job(t_env, world_size: int, timeout: float = TIMEOUT) -> None:
+    """Set what the run's job needs in the environment's configuration (the docstrings of
+    ``fit`` and ``train`` say so): Python workers in their own processes, their interpreter,
+    W as parallelism, a pinned max parallelism (shard keys depend on it), bounded slot
+    requests and the feed's batch sizes (unless configured)."""
+    config = t_env.get_config()
+    use_process_workers(t_env)
     default_python_executable(config)
     if config.get("slot.request.timeout", None) is None:  # Flink's default waits 5 minutes
         config.set("slot.request.timeout", f"{int(timeout * 1000)} ms")

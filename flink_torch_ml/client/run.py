@@ -363,9 +363,9 @@ class _DeploymentWatch:
 
 @contextlib.contextmanager
 def shipped_by_value(*objects):
-    """Pickle the user's own modules by value while the job is built, so entry functions and
-    model classes defined there (not only in ``__main__``) reach the workers without being
-    installed there. Installed packages are still pickled by reference."""
+    """Pickle the user's own modules by value while the job is built (``with``), so entry
+    functions and model classes defined there (not only in ``__main__``) reach the workers
+    without being installed there. Installed packages are still pickled by reference."""
     import cloudpickle
 
     modules = []
@@ -380,10 +380,14 @@ def shipped_by_value(*objects):
                 or "dist-packages" in path or module in modules:
             continue
         modules.append(module)
-    for module in modules:
+    # cloudpickle's registry is process-wide: add only what is not registered yet, and take
+    # back exactly that, so a module the user registered stays registered
+    registered = set(cloudpickle.list_registry_pickle_by_value())
+    added = [m for m in modules if m.__name__ not in registered]
+    for module in added:
         cloudpickle.register_pickle_by_value(module)
     try:
         yield
     finally:
-        for module in modules:
+        for module in added:
             cloudpickle.unregister_pickle_by_value(module)

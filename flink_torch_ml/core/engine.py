@@ -37,8 +37,8 @@ from .rows import TRAINING_ADVICE, Column, check_rows, column_arrays, model_floa
     to_tensor, with_common_widths
 from .types import DataType
 
-__all__ = ["TrainSettings", "TrainingLoop", "fit_worker", "BUILTIN_METRICS", "state_to_bytes",
-           "state_from_bytes", "epoch_seed", "resolve_metrics"]
+__all__ = ["ModelSettings", "TrainSettings", "TrainingLoop", "fit_worker", "BUILTIN_METRICS",
+           "state_to_bytes", "state_from_bytes", "epoch_seed", "resolve_metrics", "tensors"]
 
 
 def _accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -69,8 +69,9 @@ def resolve_metrics(metrics) -> Dict[str, Callable]:
 
 
 @dataclass
-class TrainSettings:
-    """Everything a worker needs to train (shipped inside the job with cloudpickle)."""
+class ModelSettings:
+    """What every fit trains: the model, its loss and optimizer, and the columns it reads
+    (shipped inside the job with cloudpickle)."""
 
     model: torch.nn.Module
     loss: Callable
@@ -79,6 +80,25 @@ class TrainSettings:
     feature_types: List[str]
     label_col: str
     label_type: str
+
+    def feature_columns(self) -> List[Column]:
+        """The feature columns as the row rule sees them (widths: see ``feature_widths``)."""
+        widths = getattr(self, "feature_widths", None) or [None] * len(self.feature_cols)
+        columns = []
+        for name, type_name, width in zip(self.feature_cols, self.feature_types, widths):
+            data_type = DataType.from_name(type_name)
+            columns.append(Column(name, data_type, width if data_type.is_array else None,
+                                  "Feature"))
+        return columns
+
+    def label_column(self) -> Column:
+        return Column(self.label_col, DataType.from_name(self.label_type), None, "Label")
+
+
+@dataclass
+class TrainSettings(ModelSettings):
+    """A batch fit's settings (``PyTorchEstimator``)."""
+
     max_epochs: int = 1
     batch_size: int = 32
     seed: int = 0
@@ -90,13 +110,6 @@ class TrainSettings:
     checkpoint_dir: Optional[str] = None
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
-
-    def feature_columns(self) -> List[Column]:
-        return [Column(n, DataType.from_name(t), None, "Feature")
-                for n, t in zip(self.feature_cols, self.feature_types)]
-
-    def label_column(self) -> Column:
-        return Column(self.label_col, DataType.from_name(self.label_type), None, "Label")
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

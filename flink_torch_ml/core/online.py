@@ -30,30 +30,23 @@ import torch
 from ..errors import InvalidDataError
 from .callbacks import Callback
 from .distributed import broadcast_state
-from .engine import TrainingLoop, tensors
-from .rows import Column, rows_to_columns
-from .types import DataType
+from .._defaults import ONLINE_HEARTBEAT_MS, TIMEOUT
+from .engine import ModelSettings, TrainingLoop, tensors
+from .rows import rows_to_columns
 
 __all__ = ["OnlineSpec", "OnlineLearner", "Update", "allocate"]
 
 
 @dataclass
-class OnlineSpec:
+class OnlineSpec(ModelSettings):
     """Everything an online rank needs, shipped inside the Flink job."""
 
-    model: torch.nn.Module
-    loss: Callable
-    optimizer_creator: Callable
-    feature_cols: List[str]
-    feature_types: List[str]
-    label_col: str
-    label_type: str
-    global_batch_size: Optional[int]
-    world_size: int
-    rendezvous: Any  # dataplane.rendezvous.RendezvousInfo (the run's store and secret)
-    timeout: float
-    heartbeat_ms: int
-    model_spec: Dict[str, Any]  # ModelSpec JSON of the version rows (input names included)
+    global_batch_size: Optional[int] = None  # rows per update; or window_ms
+    world_size: int = 1
+    rendezvous: Any = None  # dataplane.rendezvous.RendezvousInfo (the run's store and secret)
+    timeout: float = TIMEOUT
+    heartbeat_ms: int = ONLINE_HEARTBEAT_MS
+    model_spec: Dict[str, Any] = field(default_factory=dict)  # ModelSpec JSON of versions
     emit_initial: bool = False  # a warm start: publish the initial weights as version 0
     seed: int = 0  # seeds torch on every rank (dropout and other randomness in the loss)
     num_threads: int = 0
@@ -62,18 +55,6 @@ class OnlineSpec:
     metrics: Dict[str, Callable] = field(default_factory=dict)
     callbacks: List[Callback] = field(default_factory=list)
     loop: Optional[TrainingLoop] = None  # a user's subclass; default TrainingLoop()
-
-    def feature_columns(self) -> List[Column]:
-        widths = self.feature_widths or [None] * len(self.feature_cols)
-        columns = []
-        for name, type_name, width in zip(self.feature_cols, self.feature_types, widths):
-            data_type = DataType.from_name(type_name)
-            columns.append(Column(name, data_type, width if data_type.is_array else None,
-                                  "Feature"))
-        return columns
-
-    def label_column(self) -> Column:
-        return Column(self.label_col, DataType.from_name(self.label_type), None, "Label")
 
 
 def allocate(counts: Sequence[int], batch: int) -> List[int]:

@@ -27,9 +27,9 @@ import numpy as np
 from ..errors import InvalidDataError, SchemaError, UnsupportedTypeError
 from .types import FEATURE_TYPES, DataType
 
-__all__ = ["Column", "TRAINING_ADVICE", "SCORING_ADVICE", "check_columns", "invalid_rows", "check_rows", "with_common_widths",
-           "column_arrays", "feature_arrays", "rows_to_columns", "to_tensor",
-           "model_float_dtype"]
+__all__ = ["Column", "TRAINING_ADVICE", "SCORING_ADVICE", "check_columns", "invalid_rows",
+           "check_rows", "with_common_widths", "column_arrays", "feature_arrays",
+           "rows_to_columns", "to_tensor", "model_float_dtype"]
 
 
 #: what the row rule's error tells a user whose training input breaks it

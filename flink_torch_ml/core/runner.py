@@ -34,8 +34,10 @@ class ModelRunner:
         state["_model"] = None  # never ship a loaded session
         return state
 
-    def open(self, parallelism: Optional[int] = None) -> None:
-        """Load the model; threads default to cores / parallelism to avoid oversubscription."""
+    def open(self, parallelism: Optional[int] = None, own_process: bool = True) -> None:
+        """Load the model; threads default to cores / parallelism to avoid oversubscription.
+        ``own_process=False`` (a function running inside the user's process, PyFlink's
+        loopback mode) leaves torch's process-wide thread count alone."""
         if self._model is not None:
             return
         threads = self.num_threads or max(1, (os.cpu_count() or 1) // max(1, parallelism or 1))
@@ -50,7 +52,8 @@ class ModelRunner:
         elif self.model_format == "torchscript":
             import torch
 
-            torch.set_num_threads(threads)
+            if own_process:
+                torch.set_num_threads(threads)
             self._model = torch.jit.load(io.BytesIO(self.model_bytes), map_location="cpu").eval()
         else:
             raise ValueError(f"Unknown model format {self.model_format!r}")

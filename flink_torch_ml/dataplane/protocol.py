@@ -24,7 +24,7 @@ FEED = "feed"
 
 
 class RunKeys:
-    """The name of every key of one attempt of a run."""
+    """The name of every key of one attempt of a run (and the few that span attempts)."""
 
     def __init__(self, attempt: int = 0):
         self.attempt = attempt
@@ -141,6 +141,13 @@ class RunKeys:
 
     def save_request(self, index: int) -> str:
         return self._key(f"save_request/{index}")
+
+    # online training (across attempts: Flink restarts the job, not the run)
+    @property
+    def online_ended(self) -> str:
+        """A counter: online ranks whose bounded input ended (the client then closes the
+        run's store)."""
+        return "online/ended"
 
 
 class RecordedError:

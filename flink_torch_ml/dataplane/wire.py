@@ -23,8 +23,9 @@ import ssl
 import struct
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Set, Tuple
+from typing import Optional, Tuple
 
 from ..errors import AuthenticationError, FrameError
 
@@ -273,15 +274,21 @@ class AuthenticatedServer:
             sock.close()
 
 
-_rejected: Set[Tuple[str, str]] = set()
+#: (server, peer host) pairs already logged, newest last; bounded, so a stranger with many
+#: addresses cannot grow it
+_rejected: "OrderedDict[Tuple[str, str], None]" = OrderedDict()
 _rejected_lock = threading.Lock()
+_REJECTED_REMEMBERED = 1024
 
 
 def log_rejected(what: str, peer, error: BaseException) -> None:
-    """Log a rejected connection once per (server, peer host)."""
+    """Log a rejected connection once per (server, peer host) among the last 1,024."""
     host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
     with _rejected_lock:
         if (what, host) in _rejected:
+            _rejected.move_to_end((what, host))
             return
-        _rejected.add((what, host))
+        _rejected[(what, host)] = None
+        if len(_rejected) > _REJECTED_REMEMBERED:
+            _rejected.popitem(last=False)
     log.warning("flink-torch-ml: closed a connection from %s to %s: %s", host, what, error)

@@ -21,7 +21,7 @@ from ..core.runner import ModelRunner, prediction_values
 from ..core.spec import ModelSpec
 from ..errors import ModelFormatError
 from .metrics import metric_group
-from .orphan_guard import start_orphan_guard
+from .orphan_guard import in_python_worker, start_orphan_guard
 
 __all__ = ["FollowModelStream", "MODEL_DATA_FIELDS", "MODEL_STATE"]
 
@@ -109,7 +109,7 @@ class FollowModelStream(BroadcastProcessFunction):
         input_names = self._check_spec(int(version), spec_text)
         runner = ModelRunner(model_format, bytes(model_bytes), input_names, self._num_threads)
         try:
-            runner.open(self._parallelism)
+            runner.open(self._parallelism, in_python_worker())
         except Exception as error:
             raise ModelFormatError(f"Model version {version} cannot be loaded as "
                                    f"{model_format}: {error}") from error

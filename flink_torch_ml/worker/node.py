@@ -169,8 +169,10 @@ def run_node(spec: JobSpec, rank: int, subtask: Optional[int],
     if pid == spec.client_pid:
         raise WorkerError(
             "The PyTorch worker runs inside the client process (PyFlink's loopback mode): "
-            "import flink_torch_ml before creating the TableEnvironment, or set "
-            "os.environ['_python_worker_execution_mode'] = 'process' first")
+            "the environment still has python.loopback-server.address set; the library's "
+            "jobs remove it (client.job.use_process_workers), so another job's settings put "
+            "it back, or set os.environ['_python_worker_execution_mode'] = 'process' before "
+            "creating the environment")
     if subtask is None:
         subtask = rank
     elif subtask != rank:

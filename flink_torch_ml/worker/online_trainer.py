@@ -125,6 +125,7 @@ class OnlineTrainer(KeyedProcessFunction):
             if timestamp == END_OF_INPUT:
                 while not self._learner.finished:
                     yield from self._sync(True, ctx)
+                self._run.add(self._run.keys.online_ended, 1)  # the store may close
                 return
             if self._learner.finished:
                 return

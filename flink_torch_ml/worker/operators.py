@@ -92,7 +92,6 @@ class FeedFunction(ScalarFunction):
                           spec.rendezvous.security, lookup, sent, spec.by_content)
 
     def eval(self, *series: pd.Series) -> pd.Series:
-        spec = self._spec
         try:
             if self._sender is None:
                 self._sender = self._start()

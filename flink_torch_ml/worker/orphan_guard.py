@@ -14,7 +14,8 @@ import threading
 import time
 from typing import List, Optional
 
-__all__ = ["start_orphan_guard", "process_alive", "parent_of", "write_stderr"]
+__all__ = ["start_orphan_guard", "process_alive", "parent_of", "write_stderr",
+           "in_python_worker"]
 
 _started = False
 _lock = threading.Lock()

@@ -17,7 +17,7 @@ from ..core.runner import ModelRunner, prediction_values
 from ..core.spec import ModelSpec
 from ..errors import InvalidDataError
 from .metrics import metric_group
-from .orphan_guard import start_orphan_guard
+from .orphan_guard import in_python_worker, start_orphan_guard
 
 __all__ = ["PredictFunction", "ScoringMetrics", "prediction_series", "spread_output"]
 
@@ -68,7 +68,7 @@ class PredictFunction(ScalarFunction):
 
     def open(self, function_context: FunctionContext) -> None:
         start_orphan_guard()  # a killed TaskManager must not leave this process behind
-        self._runner.open(self._parallelism)
+        self._runner.open(self._parallelism, in_python_worker())
         group = metric_group(function_context)
         if group is not None:
             self._metrics = ScoringMetrics(group, self._runner.model_format,

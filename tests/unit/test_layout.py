@@ -1,15 +1,28 @@
-"""The package's architecture rules, checked on the source: runtime/ and scoring/ never import
-the public API modules, nothing unpickles bytes, every exception class lives in errors.py,
-no two classes share a name."""
+"""The package's architecture rules, checked on the source: each folder is one kind of code
+and imports only what sits under it (core <- dataplane <- worker <- client <- the public
+API), the core and the data plane never import pyflink, nothing unpickles bytes, every
+exception class lives in errors.py, no two classes share a name."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import flink_torch_ml
 
 PACKAGE = pathlib.Path(flink_torch_ml.__file__).parent
-#: modules of the package root that runtime/ and scoring/ may use: leaves with no API in them
-FOUNDATION = {"errors", "data_types", "_defaults", "_version", "_compat"}
+#: modules of the package root that any folder may use: leaves with no API in them
+FOUNDATION = {"errors", "_defaults", "_version"}
+#: what each folder may import besides itself and the foundation (the public API modules at
+#: the root may import everything)
+MAY_IMPORT = {
+    "core": set(),
+    "dataplane": {"core"},
+    "worker": {"core", "dataplane", "_compat"},
+    "client": {"core", "dataplane", "worker", "_compat"},
+}
+#: folders that must run without Flink
+FLINK_FREE = ("core", "dataplane")
 
 
 def modules():
@@ -17,40 +30,77 @@ def modules():
         yield path, ast.parse(path.read_text(), str(path))
 
 
-def imported_root_modules(path, tree):
-    """Names of package-root modules a file imports (relative imports resolved)."""
-    depth = len(path.relative_to(PACKAGE).parts) - 1
+def imported_package_modules(path, tree):
+    """The package's top-level names (folders or root modules) a file imports, relative
+    imports resolved."""
+    parts = list(path.relative_to(PACKAGE).parts[:-1])  # the file's folder, from the root
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: climb to the package root
-                climb = node.level - 1
-                if climb < depth:
-                    continue  # stays inside the subpackage
-                parts = (node.module or "").split(".")
-                if climb == depth:
-                    found.update([parts[0]] if parts[0] else [a.name for a in node.names])
+            if node.level:
+                base = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                target = base + ((node.module or "").split(".") if node.module else [])
+                if target:
+                    found.add(target[0])
+                else:
+                    found.update(alias.name for alias in node.names)
             elif (node.module or "").startswith("flink_torch_ml"):
-                parts = node.module.split(".")
-                found.add(parts[1] if len(parts) > 1 else "__init__")
+                names = node.module.split(".")
+                found.add(names[1] if len(names) > 1 else "__init__")
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("flink_torch_ml"):
-                    parts = alias.name.split(".")
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+                    names = alias.name.split(".")
+                    found.add(names[1] if len(names) > 1 else "__init__")
     return found
 
 
-def test_runtime_and_scoring_import_no_public_api_module():
+def test_each_folder_imports_only_what_sits_under_it():
     offenders = {}
     for path, tree in modules():
-        sub = path.relative_to(PACKAGE).parts[0]
-        if sub not in ("runtime", "scoring"):
+        folder = path.relative_to(PACKAGE).parts[0]
+        if folder not in MAY_IMPORT:
             continue
-        bad = imported_root_modules(path, tree) - FOUNDATION - {"runtime", "scoring"}
+        allowed = MAY_IMPORT[folder] | FOUNDATION | {folder}
+        bad = imported_package_modules(path, tree) - allowed
         if bad:
             offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
     assert offenders == {}
+
+
+def test_the_core_and_the_data_plane_never_import_pyflink():
+    offenders = []
+    for path, tree in modules():
+        if path.relative_to(PACKAGE).parts[0] not in FLINK_FREE:
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}:{node.lineno}" for n in names
+                          if n.split(".")[0] in ("pyflink", "py4j")]
+    assert offenders == []
+    # and not through anything they import: a fresh interpreter loads them all
+    code = ("import sys, importlib, pathlib, flink_torch_ml\n"
+            f"for folder in {FLINK_FREE!r}:\n"
+            "    for p in sorted((pathlib.Path(flink_torch_ml.__file__).parent / folder)"
+            ".glob('*.py')):\n"
+            "        importlib.import_module(f'flink_torch_ml.{folder}.{p.stem}'"
+            ".replace('.__init__', ''))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyflink', 'py4j')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_package_changes_nothing_outside_it():
+    code = ("import os, sys; before = dict(os.environ); import flink_torch_ml; "
+            "print(dict(os.environ) == before, "
+            "sorted(m for m in sys.modules if m.startswith('flink_torch_ml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split(" ", 1)[0] == "True", out.stdout + out.stderr
+    assert out.stdout.strip().endswith("['flink_torch_ml']")  # no submodule imported either
 
 
 def test_nothing_unpickles_and_torch_load_is_weights_only():
@@ -92,6 +142,12 @@ def test_exception_classes_live_in_errors_and_class_names_are_unique():
     assert {n: p for n, p in names.items() if len(p) > 1} == {}
 
 
-def test_the_public_api_is_reexported():
+def test_the_public_api_is_reexported_and_extension_types_have_a_public_home():
     for name in flink_torch_ml.__all__:
         assert hasattr(flink_torch_ml, name), name
+    from flink_torch_ml import callbacks, training
+
+    for name in ("Callback", "EarlyStopping", "LRScheduler", "ModelCheckpoint",
+                 "TensorBoardLogger", "MLflowLogger"):
+        assert getattr(callbacks, name) is getattr(flink_torch_ml, name)
+    assert training.TrainingLoop is flink_torch_ml.TrainingLoop
