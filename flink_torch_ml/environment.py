@@ -4,7 +4,6 @@ The Python workers Flink starts must use the interpreter that has torch installe
 parallelism should be explicit (the adaptive batch scheduler may otherwise lower it).
 """
 
-import contextlib
 import os
 import sys
 from typing import Dict, Optional
@@ -21,10 +20,11 @@ def create_table_environment(mode: str = "batch", parallelism: int = 2,
     """A batch or streaming StreamTableEnvironment on Flink's embedded mini-cluster (or the
     cluster the job is submitted to), with ``python.executable`` set to this interpreter and
     Python functions run in Flink's Python worker processes (PyFlink's "process" mode; its
-    local default runs them inside this process, one at a time, where PyTorch workers could
-    not run in parallel). Distributed training (``pytorch_utils``, the estimators) needs
-    ``mode="streaming"``; any environment works for them too (they switch the environment
-    they run in to process mode)."""
+    local default runs them inside this process, where PyTorch workers cannot run in
+    parallel): this sets the process environment variable
+    ``_python_worker_execution_mode=process`` unless it is set. Distributed training
+    (``pytorch_utils``, the estimators) needs ``mode="streaming"``; other environments work
+    for them too (they switch to process mode the same way)."""
     if mode not in ("batch", "streaming"):
         raise ValueError(f"mode must be 'batch' or 'streaming', got {mode!r}")
     if not isinstance(parallelism, int) or parallelism < 1:
@@ -33,9 +33,11 @@ def create_table_environment(mode: str = "batch", parallelism: int = 2,
                 else EnvironmentSettings.in_streaming_mode())
     base = Configuration()
     base.set_string("parallelism.default", str(parallelism))
-    with _process_mode():
-        env = StreamExecutionEnvironment.get_execution_environment(base)
-        t_env = StreamTableEnvironment.create(env, environment_settings=settings)
+    # PyFlink reads this whenever it wraps an execution environment (and then starts its
+    # in-process worker pool without it)
+    os.environ.setdefault("_python_worker_execution_mode", "process")
+    env = StreamExecutionEnvironment.get_execution_environment(base)
+    t_env = StreamTableEnvironment.create(env, environment_settings=settings)
     conf = t_env.get_config()
     conf.set("parallelism.default", str(parallelism))
     # Submitted with `flink run -pyexec ...` (or a cluster config naming the workers'
@@ -47,18 +49,3 @@ def create_table_environment(mode: str = "batch", parallelism: int = 2,
         conf.set(key, str(value))
     return t_env
 
-
-@contextlib.contextmanager
-def _process_mode():
-    """PyFlink reads ``_python_worker_execution_mode`` when an environment is created (and
-    then starts, or not, an in-process worker pool): set it to "process" for the creation
-    only, unless the user set it."""
-    key = "_python_worker_execution_mode"
-    previous = os.environ.get(key)
-    if previous is None:
-        os.environ[key] = "process"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)

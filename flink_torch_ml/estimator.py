@@ -254,7 +254,9 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
         """Train on ``inputs[0]`` inside a Flink job; return the trained PyTorchModel.
 
         Changes to the table environment's configuration (its jobs need them): Python
-        functions run in worker processes (``python.loopback-server.address`` removed),
+        functions run in worker processes (``python.loopback-server.address`` removed;
+        the process environment variable ``_python_worker_execution_mode=process`` set unless
+        set),
         ``parallelism.default`` = ``worker_num`` (restored after a fit that runs now),
         ``pipeline.max-parallelism`` = 128, and where unset ``python.executable`` (this
         interpreter), ``slot.request.timeout`` (the timeout) and

@@ -126,8 +126,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         table trains to its end and publishes a last version over the remaining rows).
 
         Changes to the table environment's configuration (its jobs need them): Python
-        functions run in worker processes (``python.loopback-server.address`` removed), and
-        where unset ``python.executable`` (this interpreter) and
+        functions run in worker processes (``python.loopback-server.address`` removed;
+        the process environment variable ``_python_worker_execution_mode=process`` set unless
+        set), and where unset ``python.executable`` (this interpreter) and
         ``python.fn-execution.bundle.time`` (100 ms: a version leaves a rank when its
         bundle ends)."""
         if len(inputs) != 1:
@@ -169,7 +170,8 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             emit_initial=initial is not None, seed=self.get_seed(),
             window_ms=self.get_window_ms(), feature_widths=widths,
             metrics=resolve_metrics(self.get(self.METRICS)),
-            callbacks=list(self.get(self.CALLBACKS) or []), loop=self.get(self.TRAINING_LOOP))
+            callbacks=list(self.get(self.CALLBACKS) or []), loop=self.get(self.TRAINING_LOOP),
+            client_pid=os.getpid())
         versions = run.model_data(table, online, self.get_model_version_col())
         return PyTorchModel._following(versions, copy.deepcopy(model), spec, keep_alive=run,
                                        feature_widths=widths,

@@ -31,7 +31,9 @@ def train(statement_set: Optional[StatementSet], config: PyTorchClusterConfig, t
     traceback.
 
     Changes to the table environment's configuration (its jobs need them): Python
-    functions run in worker processes (``python.loopback-server.address`` removed),
+    functions run in worker processes (``python.loopback-server.address`` removed;
+    the process environment variable ``_python_worker_execution_mode=process`` set unless
+    set),
     ``parallelism.default`` = ``world_size`` (restored after a run without a StatementSet),
     ``pipeline.max-parallelism`` = 128, and where unset ``python.executable`` (this
     interpreter), ``slot.request.timeout`` (the timeout) and

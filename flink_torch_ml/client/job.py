@@ -12,6 +12,7 @@ Mechanism (see the README's "How training runs"; the functions are in ``operator
   subtask a key lands on, so shard r runs on subtask r.
 """
 
+import os
 import re
 import sys
 import uuid
@@ -60,13 +61,18 @@ def check_environment(t_env, world_size: int) -> None:
 
 #: where PyFlink's "loopback" mode (Python functions run inside the client) is configured
 LOOPBACK_ADDRESS = "python.loopback-server.address"
+#: the process environment variable PyFlink reads to choose its Python workers' mode
+PROCESS_MODE_VARIABLE = "_python_worker_execution_mode"
 
 
 def use_process_workers(t_env) -> None:
-    """Run this environment's Python functions in Flink's Python worker processes, never in
-    the client process (PyFlink's "loopback" mode, its default on the embedded
-    mini-cluster): removes ``python.loopback-server.address`` from the table and execution
-    configuration. Each PyTorch rank needs a process of its own."""
+    """Run Python functions in Flink's Python worker processes, never in the client process
+    (PyFlink's "loopback" mode, its default on the embedded mini-cluster): each PyTorch rank
+    needs a process of its own. Removes ``python.loopback-server.address`` from the
+    environment's table and execution configuration, and sets the process environment
+    variable ``_python_worker_execution_mode=process`` unless it is set (PyFlink reads it
+    whenever it wraps an execution environment, and starts loopback mode again without it)."""
+    os.environ.setdefault(PROCESS_MODE_VARIABLE, "process")
     config = t_env.get_config()
     if config.get(LOOPBACK_ADDRESS, None) is None:
         return

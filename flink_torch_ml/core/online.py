@@ -55,6 +55,7 @@ class OnlineSpec(ModelSettings):
     metrics: Dict[str, Callable] = field(default_factory=dict)
     callbacks: List[Callback] = field(default_factory=list)
     loop: Optional[TrainingLoop] = None  # a user's subclass; default TrainingLoop()
+    client_pid: int = 0  # the process that defined the job: no rank may run there
 
 
 def allocate(counts: Sequence[int], batch: int) -> List[int]:

@@ -49,6 +49,11 @@ class OnlineTrainer(KeyedProcessFunction):
 
         start_orphan_guard()
         spec = self._spec
+        if os.getpid() == spec.client_pid:
+            raise WorkerError(
+                "An online training rank runs inside the client process (PyFlink's loopback "
+                "mode), where the ranks cannot run in parallel: the environment variable "
+                "_python_worker_execution_mode is not 'process'")
         self._rank = runtime_context.get_index_of_this_subtask()
         self._attempt = runtime_context.get_attempt_number()
         if runtime_context.get_number_of_parallel_subtasks() != spec.world_size:
