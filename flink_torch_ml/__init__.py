@@ -24,6 +24,7 @@ _EXPORTS = {
     "OnlinePyTorchEstimator": ".online",
     "PyTorchModel": ".model",
     "register_model_function": ".model",
+    "register_stage_class": ".pipeline",
     "Pipeline": ".pipeline",
     "PipelineModel": ".pipeline",
     "prepare_planner": ".client.planner",
@@ -40,7 +41,7 @@ _EXPORTS = {
         "FlinkTorchMLError", "FrameError", "InvalidDataError", "ModelExportError",
         "ModelFormatError", "NotFittedError", "ProtocolError", "RendezvousError",
         "RendezvousTimeoutError", "SchemaError", "TaskManagerLostError",
-        "UnsupportedTypeError", "WorkerError", "WorkerLostError")},
+        "UnsupportedTypeError", "UntrustedArtifactError", "WorkerError", "WorkerLostError")},
 }
 
 
@@ -80,6 +81,7 @@ __all__ = [
     "MLflowLogger",
     "Pipeline",
     "PipelineModel",
+    "register_stage_class",
     "create_table_environment",
     "prepare_planner",
     "pytorch_utils",
@@ -101,6 +103,7 @@ __all__ = [
     "ConfigurationError",
     "SchemaError",
     "UnsupportedTypeError",
+    "UntrustedArtifactError",
     "InvalidDataError",
     "ModelFormatError",
     "ChecksumMismatchError",

@@ -27,22 +27,26 @@ __all__ = ["score_data_stream", "ModelMapFunction"]
 
 
 def score_data_stream(data_stream: DataStream, model: Union[PyTorchModel, str],
-                      t_env: Optional[StreamTableEnvironment] = None) -> DataStream:
+                      t_env: Optional[StreamTableEnvironment] = None,
+                      trusted: Optional[bool] = None) -> DataStream:
     """A DataStream of Rows: each input Row's fields plus the model's prediction field.
 
     ``data_stream`` must carry named Rows (``output_type=Types.ROW_NAMED(...)``) holding the
-    model's feature fields; ``model`` is a PyTorchModel or the path of a saved one."""
+    model's feature fields; ``model`` is a PyTorchModel or the path of a saved one (loaded
+    with ``trusted`` as in ``PyTorchModel.load``)."""
     if t_env is None:
         t_env = StreamTableEnvironment.create(data_stream.get_execution_environment())
-    model = _as_model(model, t_env)
+    model = _as_model(model, t_env, trusted)
     scored = model.transform(t_env.from_data_stream(data_stream))[0]
     return planned(t_env, lambda: t_env.to_data_stream(scored))
 
 
-def _as_model(model: Union[PyTorchModel, str], t_env) -> PyTorchModel:
-    """A PyTorchModel, loading it when given the path of a saved one."""
+def _as_model(model: Union[PyTorchModel, str], t_env,
+              trusted: Optional[bool] = None) -> PyTorchModel:
+    """A PyTorchModel, loading it when given the path of a saved one (``trusted`` as in
+    ``PyTorchModel.load``)."""
     if isinstance(model, str):
-        model = PyTorchModel.load(t_env, model)
+        model = PyTorchModel.load(t_env, model, trusted)
     if not isinstance(model, PyTorchModel):
         raise TypeError(f"model must be a PyTorchModel or the path of a saved one, got "
                         f"{type(model).__name__}")
@@ -60,8 +64,8 @@ class ModelMapFunction(MapFunction):
     an array feature of width n, a list of n numbers is one row and a list of lists a batch).
     NULL/NaN features or wrong array lengths raise ``InvalidDataError`` naming the feature."""
 
-    def __init__(self, model: Union[PyTorchModel, str]):
-        self._spec, self._runner = _as_model(model, None)._scoring_parts()
+    def __init__(self, model: Union[PyTorchModel, str], trusted: Optional[bool] = None):
+        self._spec, self._runner = _as_model(model, None, trusted)._scoring_parts()
 
     def open(self, runtime_context: RuntimeContext) -> None:
         start_orphan_guard()

@@ -36,6 +36,12 @@ class ModelFormatError(FlinkTorchMLError, ValueError):
     """A saved model directory is missing files, is corrupt, or uses an unknown format/version."""
 
 
+class UntrustedArtifactError(FlinkTorchMLError, PermissionError):
+    """Loading this saved artifact could run code (TorchScript, a pickled estimator, a stage
+    class of someone else's, ONNX with external data files) and the caller has not said it
+    trusts the path (``trusted=True``)."""
+
+
 class ChecksumMismatchError(ModelFormatError):
     """A saved model file does not match the sha256 recorded in its metadata."""
 

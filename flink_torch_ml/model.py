@@ -266,10 +266,16 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
                         overwrite=overwrite)
 
     @classmethod
-    def load(cls, t_env, path: str) -> "PyTorchModel":
+    def load(cls, t_env, path: str, trusted: Optional[bool] = None) -> "PyTorchModel":
         """Restore a model saved by :meth:`save` (TorchScript via torch.jit, ONNX via
-        onnxruntime). Reads JSON and model bytes only; never unpickles."""
-        saved = read_model_dir(path)
+        onnxruntime). Reads JSON and model bytes only; never unpickles.
+
+        A TorchScript model is code (it runs when loaded and scored): it is loaded from a
+        directory this user's model key signed (what ``save`` writes here), or with
+        ``trusted=True``; ``trusted=False`` is safe mode and loads ONNX models only. An ONNX
+        model that names external data files is always refused (onnxruntime would read
+        them). Otherwise :class:`UntrustedArtifactError` says why."""
+        saved = read_model_dir(path, trusted)
         input_names = saved.metadata.get("input_names") or saved.spec.feature_cols
         saved.spec = saved.spec.with_feature_names(input_names)
         model = cls(feature_cols=saved.spec.feature_cols,
@@ -502,9 +508,11 @@ def _first_version_spec(model_data: Table, version_col: str,
         raise ModelFormatError(f"The first model version's spec is corrupt: {error}") from None
 
 
-def register_model_function(t_env, name: str, path: str) -> PyTorchModel:
-    """Load the model saved at ``path`` and register it as the temporary SQL function
-    ``name`` (``SELECT name(feature, ...) FROM t``); returns the loaded model."""
-    model = PyTorchModel.load(t_env, path)
+def register_model_function(t_env, name: str, path: str,
+                            trusted: Optional[bool] = None) -> PyTorchModel:
+    """Load the model saved at ``path`` (``trusted`` as in :meth:`PyTorchModel.load`) and
+    register it as the temporary SQL function ``name`` (``SELECT name(feature, ...) FROM
+    t``); returns the loaded model."""
+    model = PyTorchModel.load(t_env, path, trusted)
     t_env.create_temporary_function(name, model.as_function())
     return model

@@ -230,8 +230,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
         estimator = load_estimator(cls, path)
         initial = estimator.get_initial_model()
         if isinstance(initial, _SavedBeside):
-            estimator.set_initial_model(PyTorchModel.load(t_env, os.path.join(path,
-                                                                              initial.name)))
+            # beside the estimator, whose own loading already trusts the path
+            beside = os.path.join(path, initial.name)
+            estimator.set_initial_model(PyTorchModel.load(t_env, beside, trusted=True))
         return estimator
 
 

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidDataError
+from .trust import check_onnx
 
 __all__ = ["ModelRunner", "prediction_values"]
 
@@ -43,6 +44,8 @@ class ModelRunner:
         threads = self.num_threads or max(1, (os.cpu_count() or 1) // max(1, parallelism or 1))
         if self.model_format == "onnx":
             import onnxruntime as ort
+
+            check_onnx(self.model_bytes, "The ONNX model")  # before onnxruntime reads files
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads

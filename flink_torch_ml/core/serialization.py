@@ -2,7 +2,9 @@
 
 Loading reads JSON and TorchScript/ONNX bytes only; nothing is ever unpickled. The model file's
 sha256 is recorded in the metadata and checked on load, so a truncated or swapped file is an
-error instead of silently different predictions.
+error instead of silently different predictions; the metadata is signed with this user's
+model key, and what a directory may hold before it is loaded is decided in ``trust.py``
+(ONNX: no external data; TorchScript, which is code: signed here, or the caller trusts it).
 """
 
 import hashlib
@@ -16,6 +18,7 @@ from .._version import __version__
 from ..errors import ChecksumMismatchError, ModelFormatError
 from .export import FORMATS
 from .spec import ModelSpec
+from .trust import check_onnx, check_torchscript_allowed, sign_metadata
 
 __all__ = ["METADATA_FILE", "METADATA_VERSION", "SavedModel", "write_model_dir",
            "read_model_dir", "write_flinkml_metadata", "MODEL_STAGE"]
@@ -65,6 +68,9 @@ def write_model_dir(path: str, model_format: str, model_bytes: bytes, spec: Mode
         **spec.to_json(),
         **(extra or {}),
     }
+    signature = sign_metadata(metadata)
+    if signature is not None:
+        metadata["signature"] = signature
     with open(metadata_path, "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
     write_flinkml_metadata(path, *MODEL_STAGE)
@@ -84,8 +90,10 @@ def write_flinkml_metadata(path: str, module_name: str, class_name: str,
         pickle.dump(metadata, f, protocol=4)
 
 
-def read_model_dir(path: str) -> SavedModel:
-    """Read and verify a model directory written by :func:`write_model_dir`."""
+def read_model_dir(path: str, trusted: Optional[bool] = None) -> SavedModel:
+    """Read and verify a model directory written by :func:`write_model_dir`: its files, its
+    checksum, and that it may be loaded (``trust.py``: ONNX without external data; TorchScript
+    signed by this user's key, or ``trusted=True``; never with ``trusted=False``)."""
     metadata_path = os.path.join(path, METADATA_FILE)
     if not os.path.isdir(path):
         raise ModelFormatError(f"No model directory at {path!r}")
@@ -127,6 +135,10 @@ def read_model_dir(path: str) -> SavedModel:
         raise ChecksumMismatchError(
             f"Model file {model_path!r} has sha256 {digest}, but the metadata records "
             f"{metadata.get('sha256')}: the file is corrupt or was replaced")
+    if model_format == "onnx":
+        check_onnx(model_bytes, f"Model file {model_path!r}")
+    else:
+        check_torchscript_allowed(metadata, path, trusted)
     return SavedModel(model_format, model_bytes, spec, metadata)
 
 

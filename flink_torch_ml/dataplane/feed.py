@@ -19,7 +19,7 @@ from ..errors import FeedError
 import numpy as np
 
 from .columns import Columns, concat_columns, decode_columns, encode_columns, row_hashes, take
-from .wire import (HANDSHAKE_TIMEOUT, AuthenticatedServer, Security, client_handshake,
+from .wire import (AuthenticatedServer, Security, open_connection,
                    recv_frame, send_frame)
 
 __all__ = ["FeedServer", "FeedSender", "LivenessWatch", "connect_authenticated"]
@@ -30,16 +30,7 @@ _ACK = b"\x01"
 def connect_authenticated(address: str, security: Security, timeout: float) -> socket.socket:
     """An authenticated connection to a feed server at ``host:port``."""
     host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = security.wrap_client(sock)
-        client_handshake(sock, security, min(timeout, HANDSHAKE_TIMEOUT))
-        sock.settimeout(timeout)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+    return open_connection(host, int(port), security, timeout)
 
 
 class FeedServer(AuthenticatedServer):
@@ -47,7 +38,7 @@ class FeedServer(AuthenticatedServer):
     peers that pass the handshake are read; a stranger's connection is closed and logged,
     and never affects the shard."""
 
-    def __init__(self, address: str, timeout: float, security: Security):
+    def __init__(self, address: str, timeout: float, security: Security, **limits):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -55,13 +46,14 @@ class FeedServer(AuthenticatedServer):
         self.rows = 0
         self.first_batch_at: Optional[float] = None
         self.error: Optional[BaseException] = None
-        super().__init__(address, security, "a PyTorch worker's feed")
+        super().__init__(address, security, "a PyTorch worker's feed", **limits)
         self.address = f"{address}:{self.port}"
 
     def serve(self, conn: socket.socket, peer) -> None:
         try:
             while True:
-                payload = recv_frame(conn, self._security.max_frame_bytes)
+                payload = recv_frame(conn, self._security.max_frame_bytes,
+                                     stall=self.frame_stall)
                 if payload is None:
                     return
                 columns = decode_columns(payload)

@@ -13,6 +13,7 @@ The server runs in the client process; the clients run in Flink's Python workers
 """
 
 import json
+import math
 import logging
 import socket
 import threading
@@ -20,7 +21,7 @@ import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 from ..errors import AuthenticationError, FrameError, RendezvousError
-from .wire import (HANDSHAKE_TIMEOUT, AuthenticatedServer, Security, client_handshake,
+from .wire import (AuthenticatedServer, Security, open_connection,
                    recv_frame, send_frame)
 
 __all__ = ["StoreServer", "StoreClient", "torch_store"]
@@ -40,15 +41,67 @@ def _as_bytes(value: Value) -> bytes:
 
 
 def _split(frame: memoryview) -> Tuple[dict, memoryview]:
-    """A frame's JSON header (up to the first newline) and its raw value bytes."""
-    raw = bytes(frame[:min(len(frame), 65536)])
+    """A frame's JSON header (up to the first newline) and its raw value bytes. A header that
+    is not a JSON object of plain values (no NaN or infinities, no deep nesting) raises
+    FrameError."""
+    raw = bytes(frame[:min(len(frame), _HEADER_LIMIT)])
     end = raw.find(b"\n")
     if end < 0:
         raise FrameError("a store message has no header line")
-    header = json.loads(raw[:end].decode("utf-8"))
+    try:
+        header = json.loads(raw[:end].decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as error:
+        raise FrameError(f"a store message header is not plain JSON ({error})") from None
     if not isinstance(header, dict):
         raise FrameError("a store message header is not a JSON object")
     return header, frame[end + 1:]
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+#: a request's fields and their checks: every field validated before it is used
+_KEY_LIMIT, _KEYS_LIMIT, _HEADER_LIMIT = 4096, 4096, 65536
+
+
+def _request(header: dict) -> dict:
+    """The request, its fields checked (types, finite bounded numbers, sizes); FrameError
+    for anything else, which closes that connection only."""
+    op = header.get("op")
+    fields = _OPS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        raise FrameError(f"unknown store operation {op!r}")
+    request = {"op": op}
+    for name in fields:
+        value = header.get(name)
+        if name == "key":
+            if not isinstance(value, str) or len(value) > _KEY_LIMIT:
+                raise FrameError("a store request's key must be a string of at most 4096 "
+                                 "characters")
+        elif name == "keys":
+            if not isinstance(value, list) or len(value) > _KEYS_LIMIT or not all(
+                    isinstance(k, str) and len(k) <= _KEY_LIMIT for k in value):
+                raise FrameError("a store request's keys must be a list of strings")
+        elif name == "wait":
+            value = 0.0 if value is None else value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or value < 0:
+                raise FrameError("a store request's wait must be a finite number >= 0")
+            value = min(float(value), _WAIT_SLICE)
+        elif name == "amount":
+            if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 1 << 62:
+                raise FrameError("a store request's amount must be an integer below 2**62")
+        elif name == "expected":
+            if not isinstance(value, str):
+                raise FrameError("a store request's expected value must be a string")
+        request[name] = value
+    return request
+
+
+_OPS = {"set": ("key",), "get": ("key", "wait"), "add": ("key", "amount"),
+        "check": ("keys", "wait"), "compare_set": ("key", "expected"), "delete": ("key",),
+        "num_keys": ()}
 
 
 def _message(header: dict, value: bytes = b"") -> Tuple[bytes, bytes]:
@@ -58,21 +111,22 @@ def _message(header: dict, value: bytes = b"") -> Tuple[bytes, bytes]:
 class StoreServer(AuthenticatedServer):
     """The data lives in one dict guarded by a condition; a thread per connection."""
 
-    def __init__(self, bind: str, security: Security):
+    def __init__(self, bind: str, security: Security, **limits):
         self._data: Dict[str, bytes] = {}
         self._cond = threading.Condition()
-        super().__init__(bind, security, "the rendezvous store")
+        super().__init__(bind, security, "the rendezvous store", **limits)
 
     def serve(self, conn: socket.socket, peer) -> None:
         try:
             while not self.closed:
-                frame = recv_frame(conn, self._security.max_frame_bytes)
+                frame = recv_frame(conn, self._security.max_frame_bytes,
+                                   stall=self.frame_stall)
                 if frame is None:
                     return
                 header, value = _split(frame)
-                send_frame(conn, *self._handle(header, value))
-        except (OSError, FrameError, ValueError, KeyError, TypeError) as error:
-            self.reject(peer, error)  # an authenticated client that broke the protocol
+                send_frame(conn, *self._handle(_request(header), value))
+        except Exception as error:  # noqa: BLE001 - a client that broke the protocol: close it
+            self.reject(peer, error)
 
     def _handle(self, header: dict, value: memoryview) -> Tuple[bytes, bytes]:
         op = header["op"]
@@ -131,14 +185,10 @@ class StoreClient:
         self._security = security
         self._lock = threading.Lock()
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = security.wrap_client(sock)
-            client_handshake(sock, security, min(timeout, HANDSHAKE_TIMEOUT))
+            sock = open_connection(host, port, security, timeout)
         except (OSError, AuthenticationError) as error:
             raise RendezvousError(f"Could not connect to the rendezvous store at {host}:{port} "
-                             f"({error})") from error
-        sock.settimeout(timeout)
+                                  f"({error})") from error
         self._sock: Optional[socket.socket] = sock
 
     def _call(self, header: dict, value: bytes = b"") -> Tuple[dict, bytes]:

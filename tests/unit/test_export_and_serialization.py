@@ -55,13 +55,17 @@ def test_check_onnx_detects_a_disagreeing_export():
 
 
 def test_write_and_read_model_dir(tmp_path):
-    write_model_dir(str(tmp_path), "onnx", b"bytes", SPEC, {"input_names": ["x", "v"]})
-    saved = read_model_dir(str(tmp_path))
+    write_model_dir(str(tmp_path), "torchscript", b"bytes", SPEC, {"input_names": ["x", "v"]})
+    saved = read_model_dir(str(tmp_path))  # signed with this user's model key
     assert saved.spec == SPEC and saved.model_bytes == b"bytes"
     meta = json.loads((tmp_path / "metadata.json").read_text())
-    for key in ("format", "library_version", "torch_version", "onnx_version", "sha256",
+    for key in ("format", "library_version", "torch_version", "sha256", "signature",
                 "features", "prediction_col", "prediction_type", "output_width"):
         assert key in meta, key
+    write_model_dir(str(tmp_path), "onnx", b"bytes", SPEC, overwrite=True)
+    with pytest.raises(ModelFormatError, match="not an ONNX model"):  # checked on load
+        read_model_dir(str(tmp_path))
+    assert "onnx_version" in json.loads((tmp_path / "metadata.json").read_text())
     (tmp_path / "model.onnx").write_bytes(b"other")
     with pytest.raises(ChecksumMismatchError):
         read_model_dir(str(tmp_path))
