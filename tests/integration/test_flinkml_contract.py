@@ -11,7 +11,8 @@ import torch
 from pyflink.table import DataTypes
 from torch import nn
 
-from flink_torch_ml import Pipeline, PipelineModel, PyTorchEstimator, PyTorchModel
+from flink_torch_ml import (Pipeline, PipelineModel, PyTorchEstimator, PyTorchModel,
+                            UntrustedArtifactError)
 from flink_torch_ml._compat import table_columns
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -39,7 +40,9 @@ def test_our_pipeline_fits_saves_loads_and_transforms(stream_env, tmp_path):
                                  label_col="y", max_epochs=15, batch_size=32, worker_num=2)
     pipeline = Pipeline([estimator])
     pipeline.save(str(tmp_path / "pipeline"))
-    fitted = Pipeline.load(stream_env, str(tmp_path / "pipeline")).fit(table)
+    with pytest.raises(UntrustedArtifactError, match="estimator"):  # cloudpickled: code
+        Pipeline.load(stream_env, str(tmp_path / "pipeline"))
+    fitted = Pipeline.load(stream_env, str(tmp_path / "pipeline"), trusted=True).fit(table)
     assert isinstance(fitted.get_stages()[0], PyTorchModel)
     fitted.save(str(tmp_path / "model"))
     loaded = PipelineModel.load(stream_env, str(tmp_path / "model"))
