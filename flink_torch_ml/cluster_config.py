@@ -80,7 +80,7 @@ class PyTorchClusterConfig:
     class Builder:
         """Collects the settings; :meth:`build` validates them."""
 
-        def __init__(self):
+        def __init__(self) -> None:
             self._node_entry: Optional[Callable] = None
             self._world_size: Optional[int] = None
             self._properties: Dict[str, str] = {}
@@ -132,6 +132,7 @@ class PyTorchClusterConfig:
             if world_size < 1:
                 raise ValueError(f"world_size must be at least 1, got {world_size}")
             _check_entry(entry)
+            assert entry is not None  # _check_entry refuses None
             config = PyTorchClusterConfig(entry, world_size, self._properties)
             config.get_input_types()  # unknown type names fail here, before any job
             config.get_output_types()

@@ -5,7 +5,7 @@ PyTorch inside a Flink job and returns a PyTorchModel. The user never writes a t
 import json
 import os
 import pickle
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from pyflink.table import StatementSet, Table
@@ -126,7 +126,8 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
                  lr_scheduler_creator: Optional[Callable] = None, seed: int = 0,
                  shuffle: bool = True, validation: Union[None, float, str] = None,
                  metrics: Union[None, Sequence[str], Dict[str, Callable]] = None,
-                 verbose: bool = False, timeout: float = HasTimeout.TIMEOUT.default_value,
+                 verbose: bool = False,
+                 timeout: float = cast(float, HasTimeout.TIMEOUT.default_value),
                  callbacks: Optional[Sequence[Callback]] = None,
                  training_loop: Optional[TrainingLoop] = None,
                  checkpoint_dir: Optional[str] = None, checkpoint_every: int = 1,
@@ -292,6 +293,7 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
         validation = self.get(self.VALIDATION)
         extra = [validation] if isinstance(validation, str) else []
         data_types, label_type, types = checked_columns(table, features, label, extra)
+        assert label_type is not None  # check_training_params refused a missing label_col
         wanted = list(features) + [label] + extra
         feature_types = [t.type_name for t in data_types]
         if isinstance(validation, str):
@@ -300,8 +302,9 @@ class PyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredictionCol,
                 raise UnsupportedTypeError(f"Validation column {validation!r} must be BOOLEAN")
         metrics = resolve_metrics(self.get(self.METRICS))
         callbacks = list(self.get_callbacks() or [])
-        if self.get_lr_scheduler_creator() is not None:
-            callbacks.append(LRScheduler(self.get_lr_scheduler_creator()))
+        lr_scheduler_creator = self.get_lr_scheduler_creator()
+        if lr_scheduler_creator is not None:
+            callbacks.append(LRScheduler(lr_scheduler_creator))
         settings = TrainSettings(
             model=model, loss=loss, optimizer_creator=optimizer_creator,
             feature_cols=list(features), feature_types=feature_types, label_col=label,
@@ -351,7 +354,8 @@ def save_estimator(estimator, path: str, objects: Optional[Dict[str, Any]] = Non
     import cloudpickle
 
     os.makedirs(path, exist_ok=True)
-    simple, pickled = {}, {}
+    simple: Dict[str, Any] = {}
+    pickled: Dict[str, Any] = {}
     for param, value in estimator.get_param_map().items():
         (pickled if isinstance(param, ObjectParam) else simple)[param.name] = value
     pickled.update(objects or {})

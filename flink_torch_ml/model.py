@@ -233,7 +233,9 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         key = (id(self._module), tuple((f.width, f.input_dtype) for f in spec.features))
         if key not in self._torchscript_cache:
             self._torchscript_cache.clear()
-            self._torchscript_cache[key] = to_torchscript(self._module, spec.sample_inputs())
+            module = self._module
+            assert module is not None  # no saved bytes: a module (else _resolve_spec raised)
+            self._torchscript_cache[key] = to_torchscript(module, spec.sample_inputs())
         return self._torchscript_cache[key]
 
     # ----------------------------------------------------------------- save / load
@@ -258,7 +260,9 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
             raise ModelExportError(f"This model was loaded from ONNX and cannot be saved as "
                                    f"{format!r}; save it as 'onnx'")
         elif format == "onnx":
-            model_bytes = export_model(self.model, spec, format)
+            module = self.model
+            assert module is not None  # a module, or TorchScript bytes that load as one
+            model_bytes = export_model(module, spec, format)
         else:
             model_bytes = (self._saved.model_bytes if self._saved is not None
                            else self._torchscript_bytes(spec))
@@ -404,6 +408,7 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
         return spec
 
     def _spec_from_saved(self, cols, column_types, prediction_col) -> ModelSpec:
+        assert self._saved is not None  # called for a loaded model only
         saved = self._saved.spec
         if len(cols) != len(saved.features):
             raise SchemaError(f"The saved model takes {len(saved.features)} features "
@@ -434,6 +439,7 @@ class PyTorchModel(Model, HasFeatureCols, HasPredictionCol, HasHandleInvalid, Ha
                             else DataType.FLOAT_32 for i in range(len(cols))]
         if widths is None:
             widths = _infer_widths(table, cols, column_types)
+        assert self._module is not None  # _resolve_spec checked it
         return spec_for_module(self._module, cols, column_types, widths, prediction_col,
                                self.get(self.PREDICTION_TYPE))
 

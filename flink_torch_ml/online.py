@@ -7,7 +7,7 @@ each row with the newest version.
 
 import copy
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
 
 import torch
 from pyflink.table import Table
@@ -81,7 +81,7 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
                  model_version_col: str = "modelVersion",
                  initial_model: Union[None, PyTorchModel, str] = None, worker_num: int = 1,
                  feature_widths: Optional[Sequence[int]] = None, seed: int = 0,
-                 timeout: float = HasTimeout.TIMEOUT.default_value,
+                 timeout: float = cast(float, HasTimeout.TIMEOUT.default_value),
                  metrics: Union[None, Sequence[str], Dict[str, Callable]] = None,
                  callbacks: Optional[Sequence[Callback]] = None,
                  training_loop: Optional[TrainingLoop] = None, **misspelt: Any):
@@ -146,7 +146,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
             # a version row leaves the trainer when its bundle ends: Flink's default (1 s)
             # would add up to a second to every version's lag
             config.set("python.fn-execution.bundle.time", str(ONLINE_BUNDLE_TIME_MS))
-        feature_cols, label_col = list(self.get_feature_cols()), self.get_label_col()
+        features, label_col = self.get_feature_cols(), self.get_label_col()
+        assert features is not None and label_col is not None  # check_training_params
+        feature_cols = list(features)
         feature_types, label_type = self._column_types(table, feature_cols, label_col)
         if self.get_window_ms() is not None and rowtime_field(table) is None:
             raise SchemaError("window_ms needs event time, and the input table has no time "
@@ -203,7 +205,9 @@ class OnlinePyTorchEstimator(Estimator, HasFeatureCols, HasLabelCol, HasPredicti
     def _widths(self, feature_types: List[DataType]) -> List[int]:
         widths = self.get(self.FEATURE_WIDTHS)
         if widths is None:
-            arrays = [c for c, t in zip(self.get_feature_cols(), feature_types) if t.is_array]
+            feature_cols = self.get_feature_cols()
+            assert feature_cols is not None  # fit checked the params first
+            arrays = [c for c, t in zip(feature_cols, feature_types) if t.is_array]
             if arrays:
                 raise SchemaError(f"Array feature column(s) {', '.join(arrays)}: set "
                                   f"feature_widths=[...] (their lengths; 1 for scalars)")

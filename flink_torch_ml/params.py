@@ -5,11 +5,12 @@ so our stages work with FlinkML code; values are stored as JSON, never as pickle
 """
 
 import json
-from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, TypeVar, cast
 
 from ._defaults import TIMEOUT as _TIMEOUT
 
 T = TypeVar("T")
+_W = TypeVar("_W", bound="WithParams")
 
 __all__ = ["Param", "ParamValidator", "ParamValidators", "WithParams", "IntParam", "FloatParam",
            "BooleanParam", "StringParam", "StringArrayParam", "IntArrayParam", "ObjectParam",
@@ -102,7 +103,7 @@ class Param(Generic[T]):
 
     def json_decode(self, text: str) -> T:
         value = json.loads(text)
-        return tuple(value) if isinstance(value, list) else value
+        return cast(T, tuple(value) if isinstance(value, list) else value)  # JSON lists: tuples
 
     def __eq__(self, other):
         return isinstance(other, Param) and self.name == other.name
@@ -113,7 +114,8 @@ class Param(Generic[T]):
     def __repr__(self):
         return f"Param({self.name!r})"
 
-    __str__ = lambda self: self.name  # noqa: E731  (FlinkML prints params by name)
+    def __str__(self) -> str:  # FlinkML prints params by name
+        return self.name
 
 
 class BooleanParam(Param[bool]):
@@ -230,7 +232,7 @@ class WithParams:
                 return param
         return None
 
-    def set(self, param: Param, value: Any) -> "WithParams":
+    def set(self: _W, param: Param, value: Any) -> _W:
         value = param.convert(value)
         if not param.validator.validate(value):
             raise ValueError(f"Parameter {param.name} is given an invalid value {value!r}; "

@@ -4,7 +4,7 @@ Estimator/Model, with save/load. Same semantics as FlinkML's ``pyflink.ml.builde
 import importlib
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pyflink.table import Table
 
@@ -105,7 +105,8 @@ def _load_stages(t_env, path: str, kind: str, trusted: bool) -> list:
             f"trusted=True if you trust this path (or register_stage_class your own class)")
     stages = []
     for (module, name), stage_path in entries:
-        cls = _registered.get((module, name)) or getattr(importlib.import_module(module), name)
+        cls: Any = _registered.get((module, name)) \
+            or getattr(importlib.import_module(module), name)  # a stage class: has load()
         if (module, name) in _SAFE_STAGES:
             # a model stage's TorchScript: signed here, or trusted along with the pipeline
             stages.append(cls.load(t_env, stage_path, trusted=True if trusted else None))
@@ -117,7 +118,7 @@ def _load_stages(t_env, path: str, kind: str, trusted: bool) -> list:
 class PipelineModel(Model):
     """An ordered list of models/transformers applied one after another."""
 
-    def __init__(self, stages: List = None):
+    def __init__(self, stages: Optional[List] = None):
         self._stages = list(stages or [])
         self._init_params()
 
@@ -144,7 +145,7 @@ class Pipeline(Estimator):
     """An ordered list of estimators and transformers; ``fit`` fits each estimator on the
     output of the stages before it and returns a PipelineModel."""
 
-    def __init__(self, stages: List = None):
+    def __init__(self, stages: Optional[List] = None):
         self._stages = list(stages or [])
         self._init_params()
 

@@ -1,7 +1,7 @@
 """The Flink job of a distributed run, defined in the client: W PyTorch workers at once, each
 on a disjoint shard of a table.
 
-Mechanism (see the README's "How training runs"; the functions are in ``operators.py``):
+Mechanism (docs/guide/low-level.md, "How training runs"; the functions are in ``operators.py``):
 - a vectorized UDF over the input table (``FeedFunction``) gets Arrow batches from Flink and
   sends each one, checked, to a worker's feed server (``feed.py``), round-robin, while the
   source runs;
@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import uuid
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from pyflink.table import DataTypes, Schema, Table
 from pyflink.table.udf import udaf, udf, udtf
@@ -158,7 +158,8 @@ def keys_per_subtask(world_size: int, max_parallelism: int, java_key) -> List[in
     from pyflink.java_gateway import get_gateway
 
     assignment = get_gateway().jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment
-    found, value = {}, 0
+    found: Dict[int, int] = {}
+    value = 0
     while len(found) < world_size:
         found.setdefault(assignment.assignKeyToParallelOperator(
             java_key(value), max_parallelism, world_size), value)

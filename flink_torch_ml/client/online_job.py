@@ -62,7 +62,9 @@ def model_data_table(t_env, table: Table, spec: OnlineSpec, version_col: str) ->
     pad_fields = [DataTypes.FIELD(RANK_MARKER, DataTypes.INT()),
                   *[DataTypes.FIELD(n, t) for n, t in zip(names, types)]]
     if spec.window_ms is not None:  # the time attribute goes along: records keep event time
-        rowtime, rowtime_type = rowtime_field(table)
+        rowtime_column = rowtime_field(table)
+        assert rowtime_column is not None  # the estimator refuses window_ms without event time
+        rowtime, rowtime_type = rowtime_column
         fields.append(col(rowtime).alias(EVENT_TIME))
         pad_fields.append(DataTypes.FIELD(EVENT_TIME, rowtime_type))
     selected = table.select(*fields)

@@ -40,8 +40,8 @@ class EpochPrinter:
         self._next = 1
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._ingest = None  # tqdm bar of rows received, until training starts
-        self._epoch_bar = None  # tqdm bar of the current epoch's batches
+        self._ingest: Any = None  # tqdm bar of rows received, until training starts
+        self._epoch_bar: Any = None  # tqdm bar of the current epoch's batches
         self._bar_epoch = 0
 
     def start(self) -> None:

@@ -302,6 +302,7 @@ def _security(conf) -> Security:
                          f"only one is set")
     tls = {}
     if certificate is not None:
+        assert key is not None  # both or neither, checked above
         for name, option, path in (("tls_certificate", options.SSL_CERTIFICATE, certificate),
                                    ("tls_key", options.SSL_KEY, key)):
             try:

@@ -11,7 +11,7 @@ and run inside Flink's Python workers. State a callback needs after a resume goe
 
 import math
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["Callback", "EarlyStopping", "LRScheduler", "ModelCheckpoint"]
 
@@ -113,7 +113,7 @@ class LRScheduler(Callback):
 
     def __init__(self, creator: Callable):
         self.creator = creator
-        self.scheduler = None
+        self.scheduler: Any = None  # the torch LR scheduler, from on_train_begin
         self._resumed_state: Optional[Dict[str, Any]] = None
 
     def on_train_begin(self) -> None:
@@ -151,7 +151,7 @@ class ModelCheckpoint(Callback):
         self.dirpath, self.monitor, self.mode = dirpath, monitor, mode
         self.save_best_only, self.format = save_best_only, format
         self.best: Optional[float] = None
-        self.saved_epochs = []
+        self.saved_epochs: List[int] = []
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, Any]) -> None:
         if self.save_best_only:

@@ -135,7 +135,7 @@ def verified_checkpoint(directory: str, epoch: int) -> Optional[Checkpoint]:
 def newest_checkpoint(directory: str) -> Tuple[Optional[Checkpoint], List[str]]:
     """The newest intact checkpoint in ``directory`` (or None), and a warning for each newer
     one that was skipped."""
-    warnings = []
+    warnings: List[str] = []
     for candidate in find_checkpoints(directory):
         checkpoint, problem = _verified(candidate)
         if checkpoint is not None:

@@ -65,7 +65,7 @@ def run_process_group_settings(seconds: float,
         raise RuntimeError("Another PyTorch run is active in this process; a Python worker "
                            "runs one rank at a time")
     original_init, original_destroy = dist.init_process_group, dist.destroy_process_group
-    deferred = []
+    deferred: List[bool] = []
     inits = [0]
 
     def init_process_group(*args, **kwargs):
@@ -142,6 +142,7 @@ def broadcast_state(state: Any, rank: int, source: int = 0) -> Any:
                    for shape, dtype in header["tensors"]]
     for tensor in tensors:
         dist.broadcast(tensor, source)
+    assert header is not None  # encoded on the source, received on every other rank
     return _decode(header["tree"], tensors)
 
 

@@ -66,7 +66,9 @@ def to_onnx(module: torch.nn.Module, sample_inputs: Sequence[torch.Tensor],
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(sample_inputs), buffer, input_names=input_names,
+            # the stub types f as a path, but the TorchScript-based exporter writes file objects
+            torch.onnx.export(module, tuple(sample_inputs), buffer,  # type: ignore[arg-type]
+                              input_names=input_names,
                               output_names=["prediction"], dynamic_axes=dynamic_axes,
                               opset_version=opset_version, dynamo=False)
     except Exception as error:

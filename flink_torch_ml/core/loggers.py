@@ -130,7 +130,9 @@ def _opened(tracking_uri: Optional[str], run_id: str) -> None:
             _AT_EXIT_REGISTERED = True
 
 
-def _closed(tracking_uri: Optional[str], run_id: str) -> None:
+def _closed(tracking_uri: Optional[str], run_id: Optional[str]) -> None:
+    if run_id is None:  # the run was never created (on_train_begin raised before): not open
+        return
     with _OPEN_RUNS_LOCK:
         _OPEN_RUNS.discard((tracking_uri, run_id))
 

@@ -121,7 +121,9 @@ class OnlineLearner:
 
     def window_start(self, timestamp: int) -> int:
         """The start of the event-time tumbling window holding ``timestamp`` (ms)."""
-        return timestamp - timestamp % self.spec.window_ms
+        size = self.spec.window_ms
+        assert size is not None  # called in window mode only
+        return timestamp - timestamp % size
 
     # ------------------------------------------------------------------ rows
     def add(self, features: tuple, label: Any, timestamp: Optional[int]) -> bool:
@@ -188,6 +190,7 @@ class OnlineLearner:
         counts = [int(g[0]) for g in gathered]
         all_done = all(int(g[1]) for g in gathered)
         batch = self.spec.global_batch_size
+        assert batch is not None  # count mode: the estimator requires global_batch_size
         while True:
             total = sum(counts)
             if total >= batch:
@@ -215,11 +218,12 @@ class OnlineLearner:
         all_done = all(int(g[1]) for g in gathered)
         watermark = min(int(g[0]) for g in gathered)
         size, none = self.spec.window_ms, (1 << 63) - 1
+        assert size is not None  # window mode only
         # a window [start, start + size) is complete once the watermark reaches its last ms
         closed = none if all_done else (low if watermark < low + size else
                                         self.window_start(watermark + 1))
         ready: Dict[int, list] = {}  # this rank's rows of the closed windows, by window
-        waiting = []
+        waiting: List[Tuple[tuple, Any, int]] = []
         for row in self.buffer:
             start = self.window_start(row[2])
             (ready.setdefault(start, []) if start + size <= closed else waiting).append(row)

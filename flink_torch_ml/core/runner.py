@@ -9,7 +9,7 @@ strings, loads the model once in :meth:`open`, and predicts on whole batches;
 import io
 import os
 import warnings
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class ModelRunner:
         self.model_bytes = model_bytes
         self.input_names = list(input_names)
         self.num_threads = num_threads
-        self._model = None
+        self._model: Any = None  # an onnxruntime session or a TorchScript module once open
 
     def __getstate__(self):
         state = dict(self.__dict__)

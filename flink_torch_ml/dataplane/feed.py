@@ -13,7 +13,7 @@ Every wait is bounded. Free of Flink imports.
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple, cast
 
 from ..errors import FeedError
 import numpy as np
@@ -94,7 +94,7 @@ class FeedServer(AuthenticatedServer):
         for index in range(len(batches[0])):  # column by column, freeing each as it goes
             columns.append(concat_columns([[batch[index]] for batch in batches])[0])
             for batch in batches:
-                batch[index] = None
+                cast(List[Optional[np.ndarray]], batch)[index] = None
         return columns
 
     def close(self) -> None:

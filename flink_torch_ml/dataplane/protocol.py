@@ -249,7 +249,7 @@ def _who(rank: Optional[int]) -> str:
     return "The client" if rank is None else f"Rank {rank}"
 
 
-def wait_until(ready: Callable[[], T], timeout: float, what: str, *,
+def wait_until(ready: Callable[[], Optional[T]], timeout: float, what: str, *,
                failed: Optional[Callable[[], Optional[str]]] = None,
                missing: Optional[Callable[[], List[int]]] = None,
                who: str = "", hint: str = "", poll: float = POLL_INTERVAL,

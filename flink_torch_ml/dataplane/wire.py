@@ -111,7 +111,8 @@ class Security:
     @functools.cached_property
     def fingerprint(self) -> bytes:
         """The pinned certificate's SHA-256 (b"" without TLS): what the MACs cover."""
-        return certificate_fingerprint(self.tls_certificate) if self.tls else b""
+        certificate = self.tls_certificate  # set exactly when self.tls
+        return certificate_fingerprint(certificate) if certificate is not None else b""
 
 
 class _Deadline:
@@ -136,7 +137,9 @@ _CONTEXTS_KEPT = 8
 def _contexts(security: Security) -> Tuple[ssl.SSLContext, ssl.SSLContext]:
     """Server and client TLS contexts for a certificate (a few kept, newest last). The
     client verifies nothing itself: the certificate is pinned after the handshake."""
-    key = hashlib.sha256(security.tls_certificate + security.tls_key).hexdigest()
+    certificate, tls_key = security.tls_certificate, security.tls_key
+    assert certificate is not None and tls_key is not None  # callers check security.tls
+    key = hashlib.sha256(certificate + tls_key).hexdigest()
     with _context_lock:
         if key in _context_cache:
             _context_cache.move_to_end(key)
@@ -144,7 +147,7 @@ def _contexts(security: Security) -> Tuple[ssl.SSLContext, ssl.SSLContext]:
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            _load_cert_chain(server, security.tls_certificate, security.tls_key)
+            _load_cert_chain(server, certificate, tls_key)
         except ssl.SSLError as error:
             raise ValueError(f"The TLS certificate and key cannot be used together (is the "
                              f"key the certificate's?): {error}") from None

@@ -159,7 +159,9 @@ class FollowModelStream(BroadcastProcessFunction):
 
     def _score(self, rows: List[Any]):
         arrays = feature_arrays(rows_to_columns(rows, self._positions), self._spec.features)
-        values = prediction_values(self._runner.predict(arrays), len(rows), self._spec)
+        runner = self._runner
+        assert runner is not None  # rows are scored only once a version is loaded
+        values = prediction_values(runner.predict(arrays), len(rows), self._spec)
         self._scored += len(rows)
         for row, prediction in zip(rows, values.tolist()):
             yield Row(*row, prediction, self._version)

@@ -14,6 +14,7 @@ import json
 import os
 import time
 import traceback
+from typing import Any
 
 import torch
 from pyflink.common import Row, Types
@@ -73,7 +74,8 @@ class OnlineTrainer(KeyedProcessFunction):
             ValueStateDescriptor("ftm_heartbeat", Types.LONG()))
         self._learner = OnlineLearner(spec, self._rank)
         self._started = False
-        self._rows_metric = self._rate_metric = None
+        self._rows_metric: Any = None  # Flink counter and meter, set together when live
+        self._rate_metric: Any = None
         group = metric_group(runtime_context)
         if group is not None:  # live: a version leaves at each (100 ms) bundle's end
             learner = self._learner

@@ -82,11 +82,13 @@ def in_python_worker() -> bool:
 
 
 def _ancestors(depth: int) -> List[int]:
-    chain, pid = [], os.getpid()
+    chain: List[int] = []
+    pid = os.getpid()
     for _ in range(depth):
-        pid = parent_of(pid)
-        if pid is None or pid <= 1:
+        parent = parent_of(pid)
+        if parent is None or parent <= 1:
             break
+        pid = parent
         chain.append(pid)
     return chain
 
