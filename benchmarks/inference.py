@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["process", "loopback"], default="process",
                         help="Python worker mode (process: one Python process per subtask)")
     parser.add_argument("--write-readme", action="store_true",
-                        help="write the figures into README.md's INFERENCE block")
+                        help="write the figures into the docs' performance page, INFERENCE block")
     args = parser.parse_args()
     os.environ["_python_worker_execution_mode"] = args.mode
 

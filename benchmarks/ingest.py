@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000,
                         help="python.fn-execution.arrow.batch.size/bundle.size for the UDF")
     parser.add_argument("--write-readme", action="store_true",
-                        help="write the figures into README.md's INGEST block")
+                        help="write the figures into the docs' performance page, INGEST block")
     args = parser.parse_args()
     t_env = create_table_environment("streaming", parallelism=args.workers, config={
         "python.fn-execution.arrow.batch.size": str(args.batch_size),

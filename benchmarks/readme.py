@@ -1,12 +1,21 @@
-"""Writes a benchmark's figures into the README: the block between ``<!-- BENCHMARK-NAME -->``
-and ``<!-- /BENCHMARK-NAME -->`` is replaced by the table the script built, so the README's
-figures are always the output of a real run, never typed in by hand."""
+"""Writes a benchmark's figures into the documentation: the block between
+``<!-- BENCHMARK-NAME -->`` and ``<!-- /BENCHMARK-NAME -->`` (on ``docs/performance.md``) is
+replaced by the table the script built, so the published figures are always the output of a
+real run, never typed in by hand. Each block stands in exactly one file, so each figure has
+one source."""
 
+import glob
 import os
 import re
 from typing import Iterable, Sequence
 
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "README.md")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+
+def pages() -> list:
+    """The Markdown files a block may stand in: the README and every documentation page."""
+    return [os.path.join(ROOT, "README.md")] + sorted(
+        glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -16,18 +25,20 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_block(name: str, markdown: str, path: str = README) -> None:
-    """Replace the README block ``name`` (e.g. ``INGEST``) with ``markdown``."""
-    with open(path) as f:
-        text = f.read()
+def write_block(name: str, markdown: str) -> None:
+    """Replace the block ``name`` (e.g. ``INGEST``) with ``markdown``, in the one page holding it."""
     start, end = f"<!-- BENCHMARK-{name} -->", f"<!-- /BENCHMARK-{name} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(text):
-        raise SystemExit(f"README.md has no block {start} ... {end}")
+    holders = [p for p in pages() if pattern.search(open(p).read())]
+    if len(holders) != 1:
+        raise SystemExit(f"{start} ... {end} must stand in exactly one page, found {holders}")
+    path = holders[0]
+    with open(path) as f:
+        text = f.read()
     text = pattern.sub(lambda _: f"{start}\n{markdown.strip()}\n{end}", text)
     with open(path, "w") as f:
         f.write(text)
-    print(f"# wrote the {name} block of {os.path.normpath(path)}")
+    print(f"# wrote the {name} block of {os.path.relpath(path, ROOT)}")
 
 
 def rate(value: float) -> str:

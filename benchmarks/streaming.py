@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000, help="input rows per second")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--write-readme", action="store_true",
-                        help="write the figures into README.md's STREAMING block")
+                        help="write the figures into the docs' performance page, STREAMING block")
     args = parser.parse_args()
     path = os.path.join(tempfile.mkdtemp(prefix="ftm-latency-"), "tiny")
     torch.manual_seed(0)

@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--recovery-rows", type=int, default=200_000,
                         help="rows of the W=2 fit whose worker is killed")
     parser.add_argument("--write-readme", action="store_true",
-                        help="write the figures into README.md's TRAINING block")
+                        help="write the figures into the docs' performance page, TRAINING block")
     args = parser.parse_args()
 
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.rows, 16))

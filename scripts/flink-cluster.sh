@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A standalone Flink cluster on loopback, started from the installed apache-flink wheel:
 # one JobManager and N TaskManagers, each its own JVM, with conf/log/pid directories of
-# its own (nothing is written into the wheel). See "Running on a Flink cluster" in README.
+# its own (nothing is written into the wheel). See docs/guide/cluster.md.
 #
 #   scripts/flink-cluster.sh start [-n TASKMANAGERS] [-s SLOTS_PER_TASKMANAGER]
 #   scripts/flink-cluster.sh add-taskmanager      # one more TaskManager (e.g. a replacement)

@@ -117,7 +117,7 @@ def test_nothing_unpickles_and_torch_load_is_weights_only():
                 if not weights_only or getattr(weights_only[0].value, "value", None) is not True:
                     offenders.append(f"{path.name}:{node.lineno} torch.load")
     # the only unpickling is of saved estimators (their callables), read from a path the
-    # user names; see the README's Security section
+    # user names; see docs/guide/security.md
     assert offenders == ["estimator.py:%d pickle.load" % _line("estimator.py", "pickle.load(")]
 
 
