@@ -307,7 +307,14 @@ def test_the_trainers_flink_metrics_move_while_the_job_runs():
     env.execute_sql("CREATE TEMPORARY TABLE versions_sink (v BIGINT, loss DOUBLE) "
                     "WITH ('connector' = 'blackhole')")
     table = env.sql_query("SELECT x1, x2, 2 * x1 - x2 + 0.5 AS y FROM watched")
-    data = estimator().fit(table).get_model_data()[0]
+    # a slow learner: with the usual lr the exact linear rule is learnt to a loss below the
+    # gauge's 1e-6 resolution within ~50 versions, before a loaded machine's first sample
+    torch.manual_seed(0)
+    slow = OnlinePyTorchEstimator(ScalarRegressor(), nn.MSELoss(),
+                                  lambda m: torch.optim.SGD(m.parameters(), lr=0.02),
+                                  feature_cols=["x1", "x2"], label_col="y",
+                                  global_batch_size=100, worker_num=2)
+    data = slow.fit(table).get_model_data()[0]
     job = data.select(data.modelVersion, data.loss).execute_insert("versions_sink")
     job_id = str(job.get_job_client().get_job_id())
     seen, deadline = [], time.monotonic() + 90
