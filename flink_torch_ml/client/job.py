@@ -187,7 +187,7 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
     which passes the feed only after its last batch was acknowledged."""
     tag = uuid.uuid4().hex[:10]
     source = f"_ftm_src_{tag}"
-    t_env.create_temporary_view(source, table)
+    t_env.create_temporary_view(source, _unfoldable(t_env, table))
     feed = f"_ftm_feed_{tag}"
     t_env.create_temporary_function(feed, udf(FeedFunction(spec), result_type=DataTypes.INT(),
                                               func_type="pandas"))
@@ -221,6 +221,19 @@ def node_results_table(t_env, table: Table, spec: JobSpec, keys: List[int]) -> T
     return t_env.sql_query(
         f"SELECT {SHARD} AS `shard`, {node}({SHARD}) AS `node_result` FROM {view} "
         f"GROUP BY {SHARD}, TUMBLE({ROWTIME}, INTERVAL '1' DAY)")
+
+
+def _unfoldable(t_env, table: Table) -> Table:
+    """``table``, or for a table of literal rows (SQL ``VALUES``, Java's ``fromValues``) the same
+    rows behind a DataStream round trip. The planner folds literal columns into the feed's
+    arguments as constants, and a pandas UDF left with no column input fails inside Flink
+    (``ArrowWriter.finish``: index 0 out of bounds); the planner cannot fold across the round
+    trip. Literal tables are small, so its cost does not matter; other tables keep their plan."""
+    if "Values(" not in planned(t_env, table.explain):
+        return table
+    stream = planned(t_env, lambda: t_env.to_data_stream(table))
+    _forget_transformation(t_env, stream)
+    return t_env.from_data_stream(stream)
 
 
 _TABLE_NAME = re.compile(r"table=\[\[([^\]]+)\]\]")

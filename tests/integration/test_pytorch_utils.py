@@ -172,6 +172,18 @@ def test_every_row_seen_exactly_once_per_epoch(stream_env, tmp_path):
     assert min(r["rows"] for r in results) > 0  # both shards got data
 
 
+def test_a_table_of_literal_rows_reaches_the_workers(stream_env, tmp_path):
+    """SQL VALUES (Java's fromValues): the planner folds literal columns into the feed's
+    arguments, which Flink's Arrow writer cannot take; every row still reaches one worker."""
+    values = ", ".join(f"(CAST({i} AS BIGINT), CAST({i / 3} AS DOUBLE))" for i in range(40))
+    table = stream_env.sql_query(f"SELECT * FROM (VALUES {values}) AS t(id, v)")
+    cfg = config(count_entry, 2, "INT_64,FLOAT_64", out_dir=str(tmp_path), epochs=1)
+    results = pytorch_utils.train(None, cfg, table)
+    ranks = read_ranks(tmp_path, 2)
+    assert sorted(i for r in ranks for i in r["epochs"][0]) == list(range(40))
+    assert sum(r["rows"] for r in results) == 40
+
+
 def test_input_reaches_the_workers_while_the_source_still_runs(stream_env, tmp_path):
     """The shard streams in: with a source throttled to last about 6 s, each worker holds its
     first batch long before the end of input, and still every row arrives exactly once."""
