@@ -5,14 +5,15 @@
 #               and sdist, and on every supported Flink line install that wheel with plain pip
 #               into a fresh .venv-flink-LINE and run the compatibility subset
 # make test-fast: the whole suite only; make test-compat: the per-line wheel runs only;
-# make docs: the documentation site into docs/_build/html; make dist: wheel and sdist in dist/.
+# make docs: the documentation site into docs/_build/html; make dist: wheel and sdist in dist/;
+# make jar: the Java API and its examples, compiled with javac against the wheel's Flink jars.
 PYTHON ?= python3
 COMPAT_LINES ?= 1.20 2.1 2.3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-fast test-compat unit docs typecheck dist benchmark clean venv
+.PHONY: demo test test-fast test-compat unit docs typecheck dist jar benchmark clean venv
 
 venv: $(STAMP)
 
@@ -49,8 +50,11 @@ dist: $(STAMP)
 	$(PY) -m build --outdir dist . > dist.log 2>&1 || { cat dist.log; exit 1; }
 	@rm -f dist.log; ls dist
 
+jar: $(STAMP)
+	PYTHON=$(PY) scripts/java.sh build
+
 benchmark: $(STAMP)
 	$(PY) benchmarks/inference.py
 
 clean:
-	rm -rf $(VENV) .venv-flink-* *.egg-info .pytest_cache dist docs/_build
+	rm -rf $(VENV) .venv-flink-* *.egg-info .pytest_cache dist docs/_build build

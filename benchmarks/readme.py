@@ -26,7 +26,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def write_block(name: str, markdown: str) -> None:
-    """Replace the block ``name`` (e.g. ``INGEST``) with ``markdown``, in the one page holding it."""
+    """Replace the block ``name`` (e.g. ``INGEST``) with ``markdown`` in the page holding it."""
     start, end = f"<!-- BENCHMARK-{name} -->", f"<!-- /BENCHMARK-{name} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     holders = [p for p in pages() if pattern.search(open(p).read())]
