@@ -76,6 +76,16 @@ def test_the_readme_quick_start_is_the_docs_one():
     assert quick_start(readme) == quick_start(docs)
 
 
+def test_the_readme_two_commands_are_the_docs_ones():
+    def commands(text, heading):
+        return text.split(heading, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    docs = open(os.path.join(DOCS, "getting-started.md")).read()
+    assert commands(readme, "## Two commands") == commands(docs, "## From a clone: two commands")
+    assert "make test" in open(os.path.join(ROOT, ".ci", "run")).read()  # CI runs the README's
+
+
 def test_each_benchmark_block_stands_in_one_page_only():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
