@@ -15,7 +15,7 @@ from pyflink.table.udf import FunctionContext, ScalarFunction
 from ..core.rows import SCORING_ADVICE, check_rows, feature_arrays, invalid_rows
 from ..core.runner import ModelRunner, prediction_values
 from ..core.spec import ModelSpec
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, SchemaError
 from .metrics import metric_group
 from .orphan_guard import in_python_worker, start_orphan_guard
 
@@ -75,8 +75,12 @@ class PredictFunction(ScalarFunction):
                                            self._model_version)
 
     def eval(self, *series: pd.Series) -> pd.Series:
-        rows = len(series[0])
         features = self._spec.features
+        if len(series) != len(features):  # a SQL call with the wrong number of arguments
+            raise SchemaError(f"The model scores {len(features)} feature(s) "
+                              f"({', '.join(f.name for f in features)}, in this order) but "
+                              f"its function was called with {len(series)} argument(s)")
+        rows = len(series[0])
         keep = None
         if self._skip_invalid:  # score the valid rows; the others get NULL, dropped by Flink
             bad = invalid_rows(series, features)
