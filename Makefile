@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: docs typecheck test-fast test-compat
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 test-compat: dist
 	@for line in $(COMPAT_LINES); do PYTHON=$(PYTHON) scripts/compat-run.sh $$line || exit 1; done

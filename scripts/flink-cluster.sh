@@ -7,6 +7,8 @@
 #   scripts/flink-cluster.sh add-taskmanager      # one more TaskManager (e.g. a replacement)
 #   scripts/flink-cluster.sh status
 #   scripts/flink-cluster.sh submit job.py [job args...]   # flink run with the right Python
+#   scripts/flink-cluster.sh submit-jar JAR CLASS [args...] # flink run of a Java job (Java API)
+#   scripts/flink-cluster.sh sql script.sql                # a SQL script, in a Java job
 #   scripts/flink-cluster.sh stop
 #
 # Environment: FLINK_CLUSTER_DIR (default ./.flink-cluster), PYTHON (the interpreter that
@@ -234,13 +236,43 @@ submit() {
         -py "$job" "$@"
 }
 
+python_jar() {  # flink-python: Python functions and the py4j gateway for Java/SQL clients
+    local jar
+    jar="$(ls "$FLINK_HOME"/opt/flink-python-*.jar 2>/dev/null | head -n 1)"
+    [[ -n "$jar" ]] || die "no opt/flink-python-*.jar in the apache-flink wheel at $FLINK_HOME"
+    echo "$jar"
+}
+
+submit_jar() {
+    [[ $# -ge 2 ]] || die "usage: $0 submit-jar JAR MAIN_CLASS [args...]"
+    load_state
+    local jar="$1" class="$2"; shift 2
+    # the job's client JVM runs the Java API's Python helper with this interpreter; the
+    # TaskManagers get flink-python (not in the wheel's lib/) on the job's class path
+    PYFLINK_CLIENT_EXECUTABLE="$PY" "$FLINK_HOME/bin/flink" run -m "127.0.0.1:$REST_PORT" \
+        -C "file://$(python_jar)" -c "$class" "$jar" "$@"
+}
+
+sql() {
+    [[ $# -ge 1 ]] || die "usage: $0 sql script.sql"
+    load_state
+    # The wheel's bin/sql-client.sh cannot start (the wheel lacks the SQL Gateway's jar): run
+    # the script in a Java Table API job instead (examples/java: SqlScript), built by java.sh
+    local jars="${JAVA_BUILD_DIR:-$here/build/java}"
+    [[ -f "$jars/flink-torch-ml-examples.jar" ]] || PYTHON="$PY" "$here/scripts/java.sh" build >&2
+    submit_jar "$jars/flink-torch-ml-examples.jar" \
+        org.flinkextended.flink.ml.pytorch.examples.SqlScript "$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")"
+}
+
 case "$cmd" in
     start) start "$@" ;;
+    submit-jar) submit_jar "$@" ;;
+    sql) sql "$@" ;;
     add-taskmanager) add_taskmanager ;;
     stop) stop ;;
     status) status ;;
     submit) submit "$@" ;;
     *) echo "usage: $0 start [-n TASKMANAGERS] [-s SLOTS] | add-taskmanager | status |" \
-            "submit job.py [args] | stop" >&2
+            "submit job.py [args] | submit-jar JAR CLASS [args] | sql script.sql | stop" >&2
        exit 2 ;;
 esac

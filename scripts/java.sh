@@ -2,7 +2,7 @@
 # The Java API without Maven Central: compile it with the JDK's javac against the jars inside
 # the installed apache-flink wheel, and run Java programs with the same class path.
 #   scripts/java.sh build          java/src/main/java -> build/java/flink-torch-ml-java.jar,
-#                                  examples/java -> build/java/flink-torch-ml-examples.jar
+#                                  examples/java (+ the API) -> build/java/flink-torch-ml-examples.jar
 #   scripts/java.sh classpath      the class path (our jars + the wheel's Flink jars)
 #   scripts/java.sh run CLASS ARGS run a main class on Flink's embedded mini-cluster
 # PYTHON (default .venv/bin/python) is the interpreter whose apache-flink wheel provides the
@@ -27,7 +27,8 @@ build() {
     jar cf "$out/flink-torch-ml-java.jar" -C "$out/classes" .
     javac -nowarn -d "$out/example-classes" -cp "$out/flink-torch-ml-java.jar:$flink_jars" \
         $(find examples/java -name '*.java')
-    jar cf "$out/flink-torch-ml-examples.jar" -C "$out/example-classes" .
+    # self-contained, as a job jar for `flink run`: the examples and the API they use
+    jar cf "$out/flink-torch-ml-examples.jar" -C "$out/example-classes" . -C "$out/classes" .
     echo "built $out/flink-torch-ml-java.jar and $out/flink-torch-ml-examples.jar"
 }
 
