@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
@@ -27,8 +26,6 @@ __all__ = ["load_entry", "main"]
 DRIVER_KEY = "flink_torch_ml.driver"
 #: the gateway's port (PythonBridge.PORT_VARIABLE); the token arrives on stdin
 PORT_VARIABLE = "FLINK_TORCH_ML_GATEWAY_PORT"
-#: properties of the Java config that are not cluster properties
-_WORLD_SIZE = "world_size"
 
 
 def load_entry(path: str, name: str) -> Callable:
@@ -116,13 +113,20 @@ class _Driver:
         _size_local_network(t_env)
         return t_env, StatementSet(j_statement_set, t_env), Table(j_table, t_env)
 
+    def _prepare(self, j_t_env, j_statement_set, j_table, world_size, entry_path, entry_func,
+                 properties):
+        """The PyFlink statement set and table around the JVM's objects, and the config."""
+        _, statement_set, table = self._wrap(j_t_env, j_statement_set, j_table)
+        return statement_set, table, _config(world_size, entry_path, entry_func,
+                                             dict(properties))
+
     def train(self, j_t_env, j_statement_set, j_table, world_size, entry_path, entry_func,
               properties, epoch) -> Optional[str]:
         try:
             from . import pytorch_utils
 
-            t_env, statement_set, table = self._wrap(j_t_env, j_statement_set, j_table)
-            config = _config(world_size, entry_path, entry_func, dict(properties))
+            statement_set, table, config = self._prepare(
+                j_t_env, j_statement_set, j_table, world_size, entry_path, entry_func, properties)
             pytorch_utils.train(statement_set, config, table, epoch=int(epoch))
             return None
         except BaseException as error:  # reaches Java as PyTorchException
@@ -133,8 +137,8 @@ class _Driver:
         try:
             from . import pytorch_utils
 
-            t_env, statement_set, table = self._wrap(j_t_env, j_statement_set, j_table)
-            config = _config(world_size, entry_path, entry_func, dict(properties))
+            statement_set, table, config = self._prepare(
+                j_t_env, j_statement_set, j_table, world_size, entry_path, entry_func, properties)
             names: List[str] = [str(n) for n in output_names]
             result = pytorch_utils.inference(statement_set, table, config, names or None)
             return result._j_table
@@ -182,12 +186,9 @@ def main() -> None:
     parent = os.getppid()
     gateway = _connect(int(port), token)
     gateway.entry_point.put(DRIVER_KEY, _Driver(gateway))
-    stop = threading.Event()
-    while not stop.wait(1.0):
-        if os.getppid() != parent:  # the JVM died without stopping us
-            break
+    while os.getppid() == parent:  # until the JVM is gone (a shutdown hook also stops us)
+        time.sleep(1.0)
     gateway.shutdown()
-    time.sleep(0.1)
 
 
 if __name__ == "__main__":
